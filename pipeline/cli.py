@@ -1,0 +1,103 @@
+"""The `synth` command. Imports stay light here: torch and diffusers load in the workers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _spec(args):
+    from pipeline.spec import load_spec
+
+    return load_spec(args.job, args.set)
+
+
+def cmd_validate(args) -> int:
+    from pipeline.spec import resolved_dict
+
+    print(json.dumps(resolved_dict(_spec(args)), indent=2))
+    return 0
+
+
+def _run(spec) -> int:
+    from pipeline.runner import run_job
+
+    summary = run_job(spec, log=lambda line: print(f"synth: {line}", flush=True))
+    for example in summary.errors:
+        print(f"synth: failed row {example}", file=sys.stderr)
+    print(f"synth: {summary.line()}", flush=True)
+    failed_share = summary.rows_failed / summary.rows if summary.rows else 0.0
+    if failed_share > spec.max_failed_fraction:
+        print(
+            f"synth: {summary.rows_failed} of {summary.rows} rows failed ({failed_share:.1%}), above "
+            f"max_failed_fraction {spec.max_failed_fraction:.1%}; see the metadata's error column",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_run(args) -> int:
+    return _run(_spec(args))
+
+
+def cmd_demo(args) -> int:
+    from pipeline.demo import prepare_demo
+
+    spec = prepare_demo(args.out_dir)
+    code = _run(spec)
+    out = spec.output.path
+    print(f"synth: images in {out}/images/, metadata in {out}/metadata/, the job spec in {out}/job.json")
+    return code
+
+
+def cmd_tiny_model(args) -> int:
+    from pipeline.tiny_models import write_tiny_model
+
+    path = write_tiny_model(args.out_dir, args.kind)
+    print(f"synth: tiny random-weight {args.kind} model written to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.tiny_models import KINDS
+
+    parser = argparse.ArgumentParser(prog="synth", description="Ray-distributed batch image generation.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_spec(name: str, help_text: str):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("job", help="job spec, YAML or JSON")
+        command.add_argument(
+            "--set", action="append", default=[], metavar="PATH=VALUE", help="override a field, e.g. stages.0.steps=2"
+        )
+        return command
+
+    with_spec("run", "run a job on the cluster at RAY_ADDRESS, or on a local Ray").set_defaults(func=cmd_run)
+    with_spec("validate", "print the resolved job spec, or name the invalid field").set_defaults(func=cmd_validate)
+    demo = commands.add_parser("demo", help="tiny models + a prompt table, txt2img -> upscale on local Ray")
+    demo.add_argument("out_dir")
+    demo.set_defaults(func=cmd_demo)
+    tiny = commands.add_parser("tiny-model", help="write a tiny random-weight diffusers model folder")
+    tiny.add_argument("out_dir")
+    tiny.add_argument("--kind", choices=KINDS, required=True)
+    tiny.set_defaults(func=cmd_tiny_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.models import ModelError
+    from pipeline.resources import PlanError
+    from pipeline.spec import SpecError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SpecError, PlanError, ModelError) as error:
+        print(f"synth: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reading input tables and images; writing images and metadata."""

@@ -1,0 +1,125 @@
+"""Turn input rows into the pipeline's canonical columns (see pipeline/batch.py).
+
+Runs as a Ray Data CPU task between the read and the first stage, so fetching and
+decoding input images never sits on a GPU actor's critical path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline import batch as B
+from pipeline.io import images
+from pipeline.keys import content_id, derive_seed
+
+
+@dataclass(frozen=True)
+class RowSource:
+    """What the prepare task needs to know about the input table (plain data, sent to tasks)."""
+
+    job_seed: int
+    base_dir: str
+    storage_options: dict[str, Any]
+    id_column: str | None
+    # role -> column name, only for roles whose column exists in the table
+    roles: dict[str, str]
+    # override parameter -> column name, only for those present ("seed" included)
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    def columns(self) -> list[str]:
+        names = list(self.roles.values()) + list(self.overrides.values())
+        if self.id_column:
+            names.append(self.id_column)
+        return list(dict.fromkeys(names))
+
+
+def _number(value: Any) -> float:
+    if value is None:
+        return math.nan
+    return float(value)
+
+
+def _load_images(values: list[Any], source: RowSource, mode: str, role: str, errors: list[str | None]):
+    """Fetch (if URIs) and decode one image column; a failure marks that row only."""
+    count = len(values)
+    encoded: list[bytes | Exception | None] = [None] * count
+    uri_rows = [i for i, v in enumerate(values) if v is not None and images.looks_like_uri(v)]
+    uris = [images.resolve_uri(values[i], source.base_dir) for i in uri_rows]
+    for i, data in zip(uri_rows, images.fetch_all(uris, source.storage_options)):
+        encoded[i] = data
+    for i, value in enumerate(values):
+        if encoded[i] is None and value is not None:
+            encoded[i] = bytes(value)
+    raws, widths, heights = [b""] * count, np.zeros(count, np.int64), np.zeros(count, np.int64)
+    for i, data in enumerate(encoded):
+        if errors[i] is not None:
+            continue
+        if data is None:
+            errors[i] = f"{role}: the '{source.roles[role]}' cell is empty"
+            continue
+        if isinstance(data, Exception):
+            target = uris[uri_rows.index(i)]
+            errors[i] = f"{role}: cannot fetch {target}: {type(data).__name__}: {data}"
+            continue
+        try:
+            pixels = images.decode(data, mode)
+        except Exception as error:
+            errors[i] = f"{role}: cannot decode the image: {images.describe_decode_error(error)}"
+            continue
+        raws[i], heights[i], widths[i] = pixels.tobytes(), pixels.shape[0], pixels.shape[1]
+    return B.object_column(raws), widths, heights
+
+
+def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
+    """pyarrow batch of input rows -> dict of canonical numpy columns."""
+    count = table.num_rows
+    data = {name: table.column(name).to_pylist() for name in source.columns()}
+    errors: list[str | None] = [None] * count
+
+    # 1. Row ids: the id column, or a hash of everything the job reads from the row.
+    if source.id_column:
+        ids = [None if v is None else str(v) for v in data[source.id_column]]
+        for i, row_id in enumerate(ids):
+            if row_id is None:
+                errors[i] = f"{source.id_column}: the row id is empty"
+                ids[i] = content_id([data[name][i] for name in sorted(data)])
+    else:
+        ids = [content_id([data[name][i] for name in sorted(data)]) for i in range(count)]
+
+    # 2. Seeds: the row's own seed column, else derived from the job seed and the row id.
+    seed_column = source.overrides.get("seed")
+    seeds = np.empty(count, np.int64)
+    for i in range(count):
+        own = data[seed_column][i] if seed_column else None
+        seeds[i] = int(own) if own is not None else derive_seed(source.job_seed, ids[i])
+
+    out: dict[str, np.ndarray] = {
+        B.ID: B.object_column(ids),
+        B.PROMPT: B.object_column([v or "" for v in data.get(source.roles.get("prompt"), [None] * count)]),
+        B.NEGATIVE_PROMPT: B.object_column([v or "" for v in data.get(source.roles.get("negative_prompt"), [None] * count)]),
+        B.SEED: seeds,
+    }
+    # 3. Per-row parameter overrides (NaN = use the stage's value).
+    for param in B.OVERRIDES:
+        column = source.overrides.get(param)
+        values = data[column] if column else [None] * count
+        out[B.override_column(param)] = np.array([_number(v) for v in values], dtype=np.float64)
+
+    # 4. Images and masks: fetched and decoded here, off the GPU actors.
+    for role, mode, names in (
+        ("image", "RGB", (B.IMAGE, B.WIDTH, B.HEIGHT)),
+        ("mask", "L", (B.MASK, B.MASK_WIDTH, B.MASK_HEIGHT)),
+    ):
+        if role in source.roles:
+            columns = _load_images(data[source.roles[role]], source, mode, role, errors)
+        else:
+            columns = (B.object_column([b""] * count), np.zeros(count, np.int64), np.zeros(count, np.int64))
+        out.update(zip(names, columns))
+
+    out[B.STATUS] = B.object_column([B.OK if e is None else B.FAILED for e in errors])
+    out[B.ERROR] = B.object_column([e or "" for e in errors])
+    return out

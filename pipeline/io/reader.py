@@ -1,0 +1,76 @@
+"""Find and read the input Parquet table (local path, glob, or s3:// URI)."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Any
+
+from pipeline import storage
+from pipeline.spec import JobSpec, SpecError
+
+_GLOB_CHARS = "*?["
+
+
+class InputError(SpecError):
+    """The input table cannot be read or lacks a column the job needs."""
+
+
+def input_files(path: str, storage_options: dict[str, Any]) -> tuple[Any, list[str]]:
+    """(filesystem, Parquet files) for a file, a folder of Parquet files, or a glob."""
+    fs, inner = storage.filesystem(path, storage_options)
+    try:
+        if any(char in inner for char in _GLOB_CHARS):
+            files = sorted(fs.glob(inner))
+        elif fs.isdir(inner):
+            files = sorted(f for f in fs.find(inner) if f.endswith(".parquet"))
+        elif fs.exists(inner):
+            files = [inner]
+        else:
+            files = []
+    except Exception as error:  # permissions, unknown bucket, unreachable endpoint
+        raise InputError(f"input.path: cannot list {path}: {type(error).__name__}: {error}") from None
+    if not files:
+        raise InputError(f"input.path: no Parquet files at {path}")
+    return fs, files
+
+
+def base_dir(path: str) -> str:
+    """The folder that relative image paths in the table resolve against: the input path's
+    folder, or the part of a glob before its first wildcard."""
+    cut = min([path.index(c) for c in _GLOB_CHARS if c in path] or [len(path)])
+    head = path[:cut]
+    if cut < len(path) or head.endswith(".parquet"):
+        head = posixpath.dirname(head)
+    if storage.is_remote(path):
+        return head.rstrip("/")
+    # Absolute, because workers do not share the driver's working directory.
+    return os.path.abspath(head.removeprefix("file://") or ".")
+
+
+def input_schema(spec: JobSpec):
+    """The input table's Arrow schema, read from Parquet footers only (no data)."""
+    import pyarrow.parquet as pq
+
+    fs, files = input_files(spec.input.path, spec.input_storage_options())
+    try:
+        with fs.open(files[0], "rb") as handle:
+            return pq.read_schema(handle)
+    except Exception as error:
+        raise InputError(f"input.path: cannot read {files[0]} as Parquet: {type(error).__name__}: {error}") from None
+
+
+def read_input(spec: JobSpec, columns: list[str], task_cpus: float):
+    """The input as a Ray dataset, reading only the columns the job uses."""
+    import pyarrow.fs
+    import ray.data
+
+    fs, files = input_files(spec.input.path, spec.input_storage_options())
+    remote = storage.is_remote(spec.input.path)
+    filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)) if remote else None
+    return ray.data.read_parquet(
+        files,
+        filesystem=filesystem,
+        columns=columns,
+        num_cpus=task_cpus,
+    )

@@ -1,0 +1,351 @@
+"""The job spec: the one source of truth for the CLI, batch jobs and (later) Serve requests.
+
+A spec is loaded from YAML or JSON, optionally patched with `--set a.b.0.c=value`
+overrides, and validated here. Validation errors name the field's dotted path.
+Nothing in this module imports torch or diffusers, so `synth validate` is fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+StageKind = Literal["txt2img", "img2img", "inpaint", "upscale"]
+ImageFormat = Literal["png", "jpeg", "webp"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+# Kind-specific defaults, filled in when the spec leaves a field out, so the resolved
+# spec (printed by `synth validate` and written beside the outputs) shows what ran.
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "txt2img": {"steps": 30, "guidance_scale": 7.5},
+    "img2img": {"steps": 30, "guidance_scale": 7.5, "strength": 0.6},
+    "inpaint": {"steps": 30, "guidance_scale": 7.5, "strength": 1.0},
+    "upscale": {"steps": 20, "guidance_scale": 9.0, "noise_level": 20},
+}
+
+# storage_options keys that carry secrets. Credentials come from the AWS environment
+# variables or the instance profile; a spec file is copied around and written beside
+# the outputs, so it must never hold them.
+_CREDENTIAL_KEYS = {
+    "key",
+    "secret",
+    "token",
+    "password",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "session_token",
+}
+
+
+class SpecError(ValueError):
+    """A job spec that cannot be loaded or validated; the message names the field."""
+
+
+class FieldError(ValueError):
+    """Raised by model-level validators to point at a field below the model being validated."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+class _Strict(BaseModel):
+    # Unknown fields are errors: a typo such as `stpes: 2` must not be silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_no_credentials(options: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not options:
+        return options
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if str(key).lower() in _CREDENTIAL_KEYS:
+                    raise FieldError(
+                        f"storage_options.{path}{key}",
+                        "looks like a credential; credentials come from the AWS environment "
+                        "variables or the instance profile, never from the spec file",
+                    )
+                walk(inner, f"{path}{key}.")
+
+    walk(options, "")
+    return options
+
+
+class Columns(_Strict):
+    """Which input column plays which role. A role whose column is absent is simply unused,
+    unless a stage needs it (checked against the table before any GPU is held)."""
+
+    prompt: str = Field("prompt", description="Column with the text prompt.")
+    negative_prompt: str = Field(
+        "negative_prompt",
+        description="Column with a per-row negative prompt; overrides the stage's negative_prompt.",
+    )
+    image: str = Field(
+        "image",
+        description="Column with the input image: encoded bytes, or a URI (s3://..., file://, or a path; "
+        "relative paths resolve against the input table's folder). Needed when the first stage is "
+        "img2img, inpaint or upscale.",
+    )
+    mask: str = Field(
+        "mask",
+        description="Column with the inpainting mask (white = regenerate), bytes or URI. Needed by inpaint.",
+    )
+
+
+class InputSpec(_Strict):
+    path: str = Field(description="A local path, a glob, or an s3:// URI of Parquet files.")
+    id_column: str | None = Field(
+        None,
+        description="Column with a unique row id. Without it, a stable hash of the row's content is the "
+        "id (identical rows then share one id and one output).",
+    )
+    columns: Columns = Field(default_factory=Columns)
+    storage_options: dict[str, Any] | None = Field(
+        None, description="s3fs options for the input only; override the top-level storage_options."
+    )
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> "InputSpec":
+        _check_no_credentials(self.storage_options)
+        return self
+
+
+class OutputSpec(_Strict):
+    path: str = Field(description="Local folder or s3:// prefix; images/ and metadata/ are written under it.")
+    format: ImageFormat = Field("png", description="Image encoding: png (lossless), jpeg or webp (lossy, smaller).")
+    quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality; higher is larger and sharper.")
+    png_compress_level: int = Field(
+        6, ge=0, le=9, description="PNG zlib level: 1 encodes about 1.5x faster than 6 for slightly larger files."
+    )
+    storage_options: dict[str, Any] | None = Field(
+        None, description="s3fs options for the output only; override the top-level storage_options."
+    )
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> "OutputSpec":
+        _check_no_credentials(self.storage_options)
+        return self
+
+
+class Replicas(_Strict):
+    min: int = Field(1, ge=1, description="Actors started before work begins.")
+    max: int | None = Field(
+        None,
+        ge=1,
+        description="Most actors; left out, as many as the cluster's GPUs (or CPUs, for CPU stages) allow.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Replicas":
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) is below min ({self.min})")
+        return self
+
+
+class StageSpec(_Strict):
+    kind: StageKind
+    model: str = Field(description="A Hugging Face repo id, a local diffusers folder, or an s3:// prefix holding one.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a hub model id.")
+    steps: int | None = Field(None, ge=1, le=1000, description="Denoising steps; cost grows linearly.")
+    guidance_scale: float | None = Field(
+        None,
+        ge=0,
+        description="Classifier-free guidance; above 1 runs the denoiser twice per step (2x cost) for stronger "
+        "prompt adherence.",
+    )
+    negative_prompt: str | None = Field(None, description="Default negative prompt (a row's own column wins).")
+    width: int | None = Field(None, ge=8, description="Output width in pixels (multiple of 8); default: the model's.")
+    height: int | None = Field(None, ge=8, description="Output height in pixels (multiple of 8); default: the model's.")
+    strength: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="img2img/inpaint: how far to move from the input image (1 = ignore it); runs about "
+        "strength x steps denoiser calls.",
+    )
+    noise_level: int | None = Field(
+        None, ge=0, description="upscale: noise added to the low-resolution input; more lets it invent detail."
+    )
+    scheduler: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9]+Scheduler$",
+        description="A diffusers scheduler class name (e.g. DPMSolverMultistepScheduler); default: the model's.",
+    )
+    dtype: DType = Field("auto", description="auto: float16 on CUDA, float32 on CPU.")
+    batch_size: int = Field(4, ge=1, description="Rows per pipeline call; larger uses the GPU better and more memory.")
+    replicas: Replicas = Field(default_factory=Replicas)
+    gpus: float | None = Field(
+        None, ge=0, description="GPUs per replica (fractions share a GPU); default: 1 if the cluster has GPUs, else 0."
+    )
+    cpus: float | None = Field(
+        None,
+        gt=0,
+        description="CPUs per replica; default: 1, less on small machines so read and write tasks always "
+        "keep a CPU.",
+    )
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError(f"must be a multiple of 8 (the VAE works on 8x8 pixel cells), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> "StageSpec":
+        if self.strength is not None and self.kind not in ("img2img", "inpaint"):
+            raise FieldError("strength", f"applies to img2img and inpaint, not {self.kind}")
+        if self.noise_level is not None and self.kind != "upscale":
+            raise FieldError("noise_level", f"applies to upscale, not {self.kind}")
+        for name in ("width", "height"):
+            if self.kind == "upscale" and getattr(self, name):
+                raise FieldError(name, "does not apply to upscale, which takes its size from its input (4x)")
+        for name, value in STAGE_DEFAULTS[self.kind].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        return self
+
+
+class JobSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="Job name, used in logs.")
+    seed: int = Field(0, ge=0, lt=2**63, description="Base seed; each row's seed derives from it and the row id.")
+    input: InputSpec
+    stages: list[StageSpec] = Field(min_length=1)
+    output: OutputSpec
+    max_failed_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of rows that may fail (bad image, NaN output...) with the job still exiting 0.",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="s3fs options for every s3:// path of the job (input, models, output), e.g. "
+        "{client_kwargs: {endpoint_url: ...}} or {anon: true}.",
+    )
+
+    @model_validator(mode="after")
+    def _chain(self) -> "JobSpec":
+        _check_no_credentials(self.storage_options)
+        for index, stage in enumerate(self.stages[1:], start=1):
+            if stage.kind == "txt2img":
+                raise FieldError(
+                    f"stages.{index}.kind",
+                    "txt2img can only be the first stage (it would discard the image made before it); "
+                    "use img2img to refine an image",
+                )
+        return self
+
+    def input_storage_options(self) -> dict[str, Any]:
+        return {**self.storage_options, **(self.input.storage_options or {})}
+
+    def output_storage_options(self) -> dict[str, Any]:
+        return {**self.storage_options, **(self.output.storage_options or {})}
+
+    def required_roles(self) -> dict[str, str]:
+        """Input roles the stage chain needs, each with the reason (for error messages)."""
+        first = self.stages[0]
+        needs: dict[str, str] = {}
+        if first.kind != "txt2img":
+            needs["image"] = f"stages.0 ({first.kind}) reads its input image from the table"
+        for index, stage in enumerate(self.stages):
+            if stage.kind == "inpaint":
+                needs.setdefault("mask", f"stages.{index} (inpaint) needs a mask")
+        return needs
+
+
+# ---------------------------------------------------------------- loading
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        parts = [str(part) for part in item["loc"]]
+        cause = item.get("ctx", {}).get("error")
+        if isinstance(cause, FieldError):
+            parts.append(cause.path)
+        path = ".".join(parts) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}")
+    return "\n".join(lines)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `dotted.path=value` overrides; values are parsed as YAML (so 2 is an int)."""
+    import yaml
+
+    for override in overrides:
+        path, sep, text = override.partition("=")
+        if not sep or not path:
+            raise SpecError(f"--set {override!r}: expected PATH=VALUE, e.g. stages.0.steps=2")
+        value = yaml.safe_load(text)
+        parts = path.split(".")
+        node: Any = raw
+        for depth, part in enumerate(parts[:-1]):
+            node = _child(node, part, ".".join(parts[: depth + 1]), create=True)
+        last = parts[-1]
+        if isinstance(node, list):
+            index = _index(node, last, path)
+            node[index] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise SpecError(f"--set {path}: {'.'.join(parts[:-1])} is not a mapping or a list")
+    return raw
+
+
+def _index(node: list, part: str, path: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise SpecError(f"--set {path}: no item {part!r} (the list has {len(node)} items)")
+    return int(part)
+
+
+def _child(node: Any, part: str, path: str, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, path)]
+    if isinstance(node, dict):
+        if part not in node or node[part] is None:
+            if not create:
+                raise SpecError(f"--set {path}: no such field")
+            node[part] = {}
+        return node[part]
+    raise SpecError(f"--set {path}: parent is not a mapping or a list")
+
+
+def parse_spec(raw: Any, source: str = "spec") -> JobSpec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError(f"{source} is invalid:\n{format_validation_error(error)}") from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Load a YAML or JSON job spec from a file, apply overrides, validate."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SpecError(f"cannot read job spec {path}: {error.strerror or error}") from None
+    try:
+        raw = yaml.safe_load(text)  # YAML is a superset of JSON: one loader serves both
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path} is not valid YAML or JSON: {error}") from None
+    if isinstance(raw, dict) and overrides:
+        raw = apply_overrides(raw, overrides)
+    return parse_spec(raw, source=str(path))
+
+
+def resolved_dict(spec: JobSpec) -> dict[str, Any]:
+    """The resolved spec as plain JSON data, as printed by `synth validate` and written beside
+    the outputs. It holds no credentials: validation refuses them in storage_options."""
+    return json.loads(spec.model_dump_json())

@@ -1,0 +1,227 @@
+"""What every stage worker shares: load a pipeline once, group rows, seed, convert, record.
+
+A stage worker is a plain object with a batch in and a batch out (dict of numpy columns,
+see pipeline/batch.py). Ray Data runs it as an actor-pool UDF; Serve and tests can call it
+directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from pipeline import batch as B
+from pipeline.keys import stage_seed
+from pipeline.spec import StageSpec
+
+
+@dataclass
+class Group:
+    """Rows of one batch that share every generation parameter and their input's size:
+    they go through the pipeline in one call."""
+
+    rows: list[int]
+    prompts: list[str]
+    negative_prompts: list[str] | None
+    generators: list[Any]
+    steps: int
+    guidance_scale: float
+    strength: float
+    width: int  # 0: the model's default
+    height: int
+    images: list[Any] | None = None  # PIL RGB inputs (img2img, inpaint, upscale)
+    masks: list[Any] | None = None  # PIL L masks (inpaint)
+
+
+def _device_label(device: str) -> str:
+    """Where this worker runs, with the GPU ids Ray assigned (also seen without a real GPU)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ids = ray.get_gpu_ids()
+            if ids:
+                return f"{device} (ray gpu {','.join(str(i) for i in ids)})"
+    except Exception:  # outside a Ray worker: no assignment to report
+        pass
+    return device
+
+
+class StageWorker:
+    kind: ClassVar[str]
+    # Generation parameters this kind takes, i.e. the per-row overrides it can honour.
+    params: ClassVar[tuple[str, ...]]
+    needs_image: ClassVar[bool] = True
+    needs_mask: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        stage: StageSpec | dict,
+        index: int = 0,
+        overrides: Sequence[str] = (),
+        storage_options: dict[str, Any] | None = None,
+        torch_threads: int | None = None,
+    ):
+        import torch
+
+        from pipeline.models import load_pipeline, resolve_model
+
+        # 1. The device: Ray pins the actor to its GPUs through CUDA_VISIBLE_DEVICES, so
+        # "cuda" is this actor's own GPU; without one the work runs on the CPU.
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.spec = stage if isinstance(stage, StageSpec) else StageSpec.model_validate(stage)
+        self.index = index
+        self.overrides = tuple(overrides)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device_label = _device_label(self.device)
+
+        # 2. The model, once per actor.
+        self.model = resolve_model(self.spec.model, self.spec.revision, storage_options)
+        self.pipe = load_pipeline(self.kind, self.model, self.spec.dtype, self.device, self.spec.scheduler)
+
+    # ------------------------------------------------------------ subclass hooks
+
+    def generate(self, group: Group):
+        """Run the diffusers pipeline on one group; return a (n, 3, H, W) tensor in [0, 1]."""
+        raise NotImplementedError
+
+    def row_error(self, batch: dict[str, np.ndarray], row: int) -> str | None:
+        """A reason this row cannot run in this stage, or None."""
+        if self.needs_image and not batch[B.WIDTH][row]:
+            return f"stages.{self.index} ({self.kind}): the row has no input image"
+        return None
+
+    # ------------------------------------------------------------ the batch path
+
+    def _row_params(self, batch: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+        spec = self.spec
+        values = {
+            "steps": np.full(count, spec.steps, np.float64),
+            "guidance_scale": np.full(count, spec.guidance_scale, np.float64),
+            "strength": np.full(count, spec.strength if spec.strength is not None else np.nan),
+            "width": np.full(count, spec.width or 0, np.float64),
+            "height": np.full(count, spec.height or 0, np.float64),
+        }
+        for param in self.overrides:
+            column = batch[B.override_column(param)]
+            values[param] = np.where(np.isnan(column), values[param], column)
+        return values
+
+    def _groups(self, batch: dict[str, np.ndarray], rows: list[int], params: dict[str, np.ndarray]):
+        import torch
+
+        keyed: dict[tuple, list[int]] = {}
+        names = ("steps", "guidance_scale", "strength", "width", "height")
+        # NaN (strength of kinds without one) becomes -1: NaN != NaN would split every row
+        # into a group of its own.
+        columns = [np.nan_to_num(params[name], nan=-1.0) for name in names]
+        for row in rows:
+            key = tuple(float(column[row]) for column in columns)
+            key += (int(batch[B.WIDTH][row]), int(batch[B.HEIGHT][row]))
+            keyed.setdefault(key, []).append(row)
+        for (steps, guidance, strength, width, height, _, _), members in keyed.items():
+            negatives = [batch[B.NEGATIVE_PROMPT][r] or self.spec.negative_prompt or "" for r in members]
+            yield Group(
+                rows=members,
+                prompts=[str(batch[B.PROMPT][r]) for r in members],
+                negative_prompts=negatives if any(negatives) else None,
+                # CPU generators: the same seed gives the same latents on any device.
+                generators=[
+                    torch.Generator("cpu").manual_seed(stage_seed(int(batch[B.SEED][r]), self.index)) for r in members
+                ],
+                steps=int(steps),
+                guidance_scale=guidance,
+                strength=strength if strength >= 0 else float("nan"),
+                width=int(width),
+                height=int(height),
+                images=self._input_images(batch, members, int(width), int(height)) if self.needs_image else None,
+                masks=self._input_masks(batch, members, int(width), int(height)) if self.needs_mask else None,
+            )
+
+    def _input_images(self, batch, rows: list[int], width: int, height: int) -> list[Any]:
+        from PIL import Image
+
+        images = []
+        for r in rows:
+            image = Image.fromarray(B.image_view(batch[B.IMAGE][r], batch[B.WIDTH][r], batch[B.HEIGHT][r]))
+            if width and height and image.size != (width, height):
+                image = image.resize((width, height), Image.LANCZOS)
+            images.append(image)
+        return images
+
+    def _input_masks(self, batch, rows: list[int], width: int, height: int) -> list[Any]:
+        from PIL import Image
+
+        masks = []
+        for r in rows:
+            mask = Image.fromarray(B.image_view(batch[B.MASK][r], batch[B.MASK_WIDTH][r], batch[B.MASK_HEIGHT][r], 1))
+            if width and height and mask.size != (width, height):
+                # Nearest keeps a binary mask binary.
+                mask = mask.resize((width, height), Image.NEAREST)
+            masks.append(mask)
+        return masks
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        count = len(batch[B.ID])
+        status = batch[B.STATUS].copy()
+        errors = batch[B.ERROR].copy()
+        out_images = batch[B.IMAGE].copy()
+        widths, heights = batch[B.WIDTH].copy(), batch[B.HEIGHT].copy()
+        record = {
+            "seed": np.zeros(count, np.int64),
+            "steps": np.zeros(count, np.int64),
+            "guidance_scale": np.full(count, np.nan),
+            "strength": np.full(count, np.nan),
+            "width": np.zeros(count, np.int64),
+            "height": np.zeros(count, np.int64),
+            "seconds": np.full(count, np.nan),
+        }
+
+        # 1. Rows this stage can run: not failed upstream, and valid for this kind.
+        runnable = []
+        for row in range(count):
+            if status[row] != B.OK:
+                continue
+            reason = self.row_error(batch, row)
+            if reason:
+                status[row], errors[row] = B.FAILED, reason
+            else:
+                runnable.append(row)
+
+        # 2. One pipeline call per group of rows with equal parameters and input size.
+        params = self._row_params(batch, count)
+        for group in self._groups(batch, runnable, params):
+            started = time.perf_counter()
+            with torch.inference_mode():
+                pixels = self.generate(group)
+                # 3. NaN check and float -> uint8 on the device, before the copy to the host.
+                bad = torch.isnan(pixels).flatten(1).any(dim=1).cpu().numpy()
+                pixels = (pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            seconds = (time.perf_counter() - started) / len(group.rows)
+            for position, row in enumerate(group.rows):
+                record["seed"][row] = stage_seed(int(batch[B.SEED][row]), self.index)
+                record["steps"][row] = group.steps
+                record["guidance_scale"][row] = group.guidance_scale
+                record["strength"][row] = group.strength
+                record["seconds"][row] = seconds
+                if bad[position]:
+                    status[row] = B.FAILED
+                    errors[row] = f"stages.{self.index} ({self.kind}): the model produced NaN pixels"
+                    continue
+                out_images[row] = pixels[position].tobytes()
+                heights[row], widths[row] = pixels.shape[1], pixels.shape[2]
+                record["height"][row], record["width"][row] = pixels.shape[1], pixels.shape[2]
+
+        result = dict(batch)
+        result.update({B.IMAGE: out_images, B.WIDTH: widths, B.HEIGHT: heights, B.STATUS: status, B.ERROR: errors})
+        for field, values in record.items():
+            result[B.stage_column(self.index, field)] = values
+        result[B.stage_column(self.index, "device")] = B.object_column([self.device_label] * count)
+        result[B.stage_column(self.index, "model_revision")] = B.object_column([self.model.revision] * count)
+        return result

@@ -1,0 +1,43 @@
+"""inpaint: regenerate the masked (white) area of the input image, keep the rest."""
+
+from __future__ import annotations
+
+from pipeline import batch as B
+from pipeline.stages.base import Group, StageWorker
+
+
+class InpaintWorker(StageWorker):
+    kind = "inpaint"
+    params = ("steps", "guidance_scale", "strength", "width", "height")
+    needs_mask = True
+
+    def row_error(self, batch, row: int) -> str | None:
+        reason = super().row_error(batch, row)
+        if reason:
+            return reason
+        mask_size = (int(batch[B.MASK_WIDTH][row]), int(batch[B.MASK_HEIGHT][row]))
+        image_size = (int(batch[B.WIDTH][row]), int(batch[B.HEIGHT][row]))
+        if mask_size == (0, 0):
+            return f"stages.{self.index} (inpaint): the row has no mask"
+        if mask_size != image_size:
+            return (
+                f"mask: its size {mask_size[0]}x{mask_size[1]} differs from the image's "
+                f"{image_size[0]}x{image_size[1]} at stages.{self.index} (inpaint)"
+            )
+        return None
+
+    def generate(self, group: Group):
+        width, height = group.images[0].size
+        return self.pipe(
+            prompt=group.prompts,
+            negative_prompt=group.negative_prompts,
+            image=group.images,
+            mask_image=group.masks,
+            strength=group.strength,
+            width=width,
+            height=height,
+            num_inference_steps=group.steps,
+            guidance_scale=group.guidance_scale,
+            generator=group.generators,
+            output_type="pt",
+        ).images

@@ -1,0 +1,44 @@
+import pytest
+
+from pipeline.resources import PlanError, plan_resources
+from pipeline.spec import StageSpec
+
+
+def stages(*kinds, **fields):
+    return [StageSpec(kind=kind, model="m", **fields) for kind in kinds]
+
+
+@pytest.mark.parametrize("cpus, gpus", [(2, 0), (2, 2), (3, 1), (16, 8), (96, 8)])
+@pytest.mark.parametrize("kinds", [("txt2img",), ("txt2img", "upscale"), ("txt2img", "img2img", "upscale")])
+def test_actors_never_take_the_cpus_tasks_need(cpus, gpus, kinds):
+    plan = plan_resources(stages(*kinds), cpus, gpus)
+    actor_cpus = sum(s.max_replicas * s.cpus for s in plan.stages)
+    # At least one whole CPU stays free: Ray Data's ListFiles task asks for exactly 1.
+    assert cpus - actor_cpus >= 1
+    assert plan.task_cpus <= plan.reserved_cpus
+    assert sum(s.min_replicas * s.gpus for s in plan.stages) <= gpus
+
+
+def test_two_gpu_stages_share_one_gpu():
+    plan = plan_resources(stages("txt2img", "upscale"), 16, 1)
+    assert [s.gpus for s in plan.stages] == [0.5, 0.5]
+
+
+def test_gpu_stage_scales_to_every_gpu():
+    plan = plan_resources(stages("txt2img"), 96, 8)
+    assert (plan.stages[0].gpus, plan.stages[0].max_replicas) == (1.0, 8)
+
+
+def test_explicit_cpus_that_would_deadlock_are_refused():
+    with pytest.raises(PlanError, match="cpus"):
+        plan_resources(stages("txt2img", "upscale", cpus=1), 2, 0)
+
+
+def test_too_many_gpus_requested_is_refused():
+    with pytest.raises(PlanError, match="GPUs"):
+        plan_resources(stages("txt2img", gpus=1, replicas={"min": 3}), 8, 2)
+
+
+def test_one_cpu_machine_is_refused_clearly():
+    with pytest.raises(PlanError, match="at least 2 CPUs"):
+        plan_resources(stages("txt2img"), 1, 0)

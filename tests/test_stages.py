@@ -1,0 +1,162 @@
+"""Stage workers as plain objects (no Ray): a batch in, a batch out, equal to diffusers."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from conftest import half_mask, png_bytes
+
+from pipeline import batch as B
+from pipeline.io.images import decode
+from pipeline.io.prepare import RowSource, prepare_rows
+from pipeline.keys import stage_seed
+from pipeline.stages import WORKERS
+
+
+def prepared(columns: dict, roles: dict, overrides: dict | None = None):
+    table = pa.table(columns)
+    source = RowSource(
+        job_seed=3, base_dir="/", storage_options={}, id_column=None, roles=roles, overrides=overrides or {}
+    )
+    return prepare_rows(table, source)
+
+
+def pixels(batch, row):
+    return B.image_view(batch[B.IMAGE][row], batch[B.WIDTH][row], batch[B.HEIGHT][row])
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    # diffusers' own float -> uint8 rule (numpy_to_pil)
+    return (images * 255).round().astype("uint8")
+
+
+def generators(batch, index=0):
+    return [torch.Generator().manual_seed(stage_seed(int(s), index)) for s in batch[B.SEED]]
+
+
+PROMPTS = ["a red circle", "a blue square", "a green triangle"]
+
+
+def test_txt2img_equals_a_direct_diffusers_call(tiny):
+    batch = prepared({"prompt": PROMPTS}, {"prompt": "prompt"})
+    worker = WORKERS["txt2img"]({"kind": "txt2img", "model": tiny["txt2img"], "steps": 2, "width": 32, "height": 32})
+    out = worker(batch)
+    assert list(out[B.STATUS]) == ["ok"] * 3
+    expected = worker.pipe(
+        PROMPTS, num_inference_steps=2, width=32, height=32, generator=generators(batch), output_type="np"
+    ).images
+    assert np.array_equal(np.stack([pixels(out, i) for i in range(3)]), to_uint8(expected))
+    assert list(out["s0_steps"]) == [2, 2, 2]
+
+
+def test_img2img_equals_a_direct_diffusers_call(tiny):
+    from PIL import Image
+
+    images = [png_bytes((200, 30, 30)), png_bytes((30, 30, 200))]
+    batch = prepared({"prompt": PROMPTS[:2], "image": images}, {"prompt": "prompt", "image": "image"})
+    spec = {"kind": "img2img", "model": tiny["img2img"], "steps": 4, "strength": 0.5}
+    worker = WORKERS["img2img"](spec)
+    out = worker(batch)
+    inputs = [Image.fromarray(decode(data, "RGB")) for data in images]
+    expected = worker.pipe(
+        PROMPTS[:2], image=inputs, strength=0.5, num_inference_steps=4, generator=generators(batch), output_type="np"
+    ).images
+    assert np.array_equal(np.stack([pixels(out, i) for i in range(2)]), to_uint8(expected))
+
+
+def test_inpaint_equals_a_direct_diffusers_call(tiny):
+    from PIL import Image
+
+    batch = prepared(
+        {"prompt": PROMPTS[:2], "image": [png_bytes()] * 2, "mask": [half_mask()] * 2},
+        {"prompt": "prompt", "image": "image", "mask": "mask"},
+    )
+    worker = WORKERS["inpaint"]({"kind": "inpaint", "model": tiny["inpaint"], "steps": 2})
+    out = worker(batch)
+    assert list(out[B.STATUS]) == ["ok", "ok"]
+    image = Image.fromarray(decode(png_bytes(), "RGB"))
+    mask = Image.fromarray(decode(half_mask(), "L"))
+    expected = worker.pipe(
+        PROMPTS[:2],
+        image=[image] * 2,
+        mask_image=[mask] * 2,
+        strength=1.0,
+        width=32,
+        height=32,
+        num_inference_steps=2,
+        generator=generators(batch),
+        output_type="np",
+    ).images
+    assert np.array_equal(np.stack([pixels(out, i) for i in range(2)]), to_uint8(expected))
+
+
+def test_upscale_makes_the_image_4x_and_equals_diffusers(tiny):
+    from PIL import Image
+
+    batch = prepared({"prompt": ["x"], "image": [png_bytes(size=(16, 16))]}, {"prompt": "prompt", "image": "image"})
+    worker = WORKERS["upscale"]({"kind": "upscale", "model": tiny["upscale"], "steps": 2})
+    out = worker(batch)
+    assert (out[B.WIDTH][0], out[B.HEIGHT][0]) == (64, 64)
+    expected = worker.pipe(
+        ["x"],
+        image=[Image.fromarray(decode(png_bytes(size=(16, 16)), "RGB"))],
+        noise_level=20,
+        num_inference_steps=2,
+        guidance_scale=9.0,
+        generator=generators(batch),
+        output_type="np",
+    ).images
+    assert np.array_equal(pixels(out, 0), to_uint8(expected)[0])
+
+
+def test_per_row_overrides_split_the_batch_into_uniform_calls(tiny):
+    batch = prepared(
+        {"prompt": PROMPTS, "steps": [1, None, 3], "width": [None, 48, None]},
+        {"prompt": "prompt"},
+        overrides={"steps": "steps", "width": "width"},
+    )
+    worker = WORKERS["txt2img"](
+        {"kind": "txt2img", "model": tiny["txt2img"], "steps": 2, "width": 32, "height": 32},
+        overrides=["steps", "width"],
+    )
+    calls = []
+    original = worker.generate
+    worker.generate = lambda group: calls.append((group.steps, group.width, len(group.rows))) or original(group)
+    out = worker(batch)
+    assert sorted(calls) == [(1, 32, 1), (2, 48, 1), (3, 32, 1)]
+    assert list(out["s0_steps"]) == [1, 2, 3]
+    assert list(out[B.WIDTH]) == [32, 48, 32]
+
+
+def test_rows_that_share_parameters_go_in_one_call(tiny):
+    batch = prepared({"prompt": PROMPTS}, {"prompt": "prompt"})
+    worker = WORKERS["txt2img"]({"kind": "txt2img", "model": tiny["txt2img"], "steps": 2, "width": 32, "height": 32})
+    calls = []
+    original = worker.generate
+    worker.generate = lambda group: calls.append(len(group.rows)) or original(group)
+    worker(batch)
+    assert calls == [3]
+
+
+def test_failed_rows_pass_through_and_mask_size_mismatch_fails_only_that_row(tiny):
+    batch = prepared(
+        {
+            "prompt": ["a", "b", "c"],
+            "image": [png_bytes(), b"not an image", png_bytes()],
+            "mask": [half_mask(), half_mask(), half_mask(size=(16, 16))],
+        },
+        {"prompt": "prompt", "image": "image", "mask": "mask"},
+    )
+    worker = WORKERS["inpaint"]({"kind": "inpaint", "model": tiny["inpaint"], "steps": 2})
+    out = worker(batch)
+    assert list(out[B.STATUS]) == ["ok", "failed", "failed"]
+    assert out[B.ERROR][1].startswith("image: cannot decode")
+    assert out[B.ERROR][2].startswith("mask: its size 16x16 differs")
+
+
+@pytest.mark.parametrize("kind", ["img2img", "upscale"])
+def test_stage_without_input_image_fails_the_row(tiny, kind):
+    batch = prepared({"prompt": ["a"]}, {"prompt": "prompt"})
+    worker = WORKERS[kind]({"kind": kind, "model": tiny[kind], "steps": 2})
+    out = worker(batch)
+    assert out[B.STATUS][0] == "failed" and "no input image" in out[B.ERROR][0]
