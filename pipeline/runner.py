@@ -87,6 +87,10 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print) -> RunSummary:
     # Fixed batch composition is what makes a rerun byte-identical (batched kernels may
     # round differently for different batch mates), so blocks keep their input order.
     context.execution_options.preserve_order = True
+    # Start every pool's minimum actors before rows flow: work spreads over the whole pool
+    # from the first batch, and a pool that cannot be placed fails with a timeout instead
+    # of hanging.
+    context.wait_for_min_actors_s = spec.actor_start_timeout_s
 
     write_resolved_spec(spec)
     source = RowSource(

@@ -224,6 +224,12 @@ class JobSpec(_Strict):
         le=1,
         description="Share of rows that may fail (bad image, NaN output...) with the job still exiting 0.",
     )
+    actor_start_timeout_s: float = Field(
+        1800,
+        gt=0,
+        description="Seconds to wait for each stage's minimum replicas to load their model before any row is "
+        "sent; past it the job fails instead of waiting forever for resources that never free.",
+    )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
         description="s3fs options for every s3:// path of the job (input, models, output), e.g. "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -22,6 +23,8 @@ os.environ.update(
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "RAY_DEDUP_LOGS": "0",
+        # The node's model cache, here a throwaway folder; workers inherit it from Ray's start.
+        "SYNTH_CACHE": tempfile.mkdtemp(prefix="synth-cache-"),
     }
 )
 

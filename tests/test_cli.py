@@ -1,0 +1,69 @@
+"""The `synth` command as a user runs it: real subprocesses."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import job, png_bytes, read_metadata, stage, write_table
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def synth(*args, env=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_demo_writes_images_and_metadata(tmp_path):
+    result = synth("demo", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "16 rows ok, 0 failed" in result.stdout
+    rows = read_metadata(str(tmp_path / "demo" / "output"))
+    assert len(rows) == 16 and all(row["status"] == "ok" for row in rows)
+    assert all((row["width"], row["height"]) == (128, 128) for row in rows)
+    assert len(list((tmp_path / "demo" / "output" / "images").rglob("*.png"))) == 16
+    assert (tmp_path / "demo" / "job.yaml").is_file()
+
+
+def test_run_on_a_cluster_at_ray_address_with_overrides(ray_cluster, tiny, tmp_path):
+    address = ray_cluster.get_runtime_context().gcs_address
+    table = write_table(tmp_path / "t.parquet", {"prompt": ["a", "b", "c"], "image": [png_bytes()] * 2 + [b"junk"]})
+    spec = job(table, str(tmp_path / "out"), [stage("img2img", tiny["img2img"], steps=30)])
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+
+    result = synth("run", str(tmp_path / "job.yaml"), "--set", "stages.0.steps=2", env={"RAY_ADDRESS": address})
+    # one undecodable image out of three is above the default max_failed_fraction of 0
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "2 rows ok, 1 failed" in result.stdout
+    assert "above max_failed_fraction" in result.stderr
+    rows = read_metadata(str(tmp_path / "out"))
+    assert {row["stages"][0]["steps"] for row in rows if row["status"] == "ok"} == {2}
+
+    result = synth(
+        "run", str(tmp_path / "job.yaml"), "--set", "stages.0.steps=2", "--set", "max_failed_fraction=0.5",
+        env={"RAY_ADDRESS": address},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_run_with_missing_input_exits_2_naming_the_field(tmp_path, tiny):
+    spec = job(str(tmp_path / "nothing.parquet"), str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"])])
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    result = synth("run", str(tmp_path / "job.yaml"), timeout=60)
+    assert result.returncode == 2
+    assert "input.path: no Parquet files" in result.stderr
+
+
+def test_tiny_model_command_writes_a_loadable_safetensors_model(tmp_path):
+    result = synth("tiny-model", str(tmp_path / "m"), "--kind", "inpaint", timeout=120)
+    assert result.returncode == 0, result.stderr
+    files = {p.name for p in (tmp_path / "m").rglob("*") if p.is_file()}
+    assert "model_index.json" in files and "diffusion_pytorch_model.safetensors" in files
+    assert not any(name.endswith((".bin", ".ckpt", ".pt")) for name in files)
