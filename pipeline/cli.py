@@ -20,10 +20,10 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def _run(spec) -> int:
+def _run(spec, retry_failed: bool = False) -> int:
     from pipeline.runner import run_job
 
-    summary = run_job(spec, log=lambda line: print(f"synth: {line}", flush=True))
+    summary = run_job(spec, log=lambda line: print(f"synth: {line}", flush=True), retry_failed=retry_failed)
     for example in summary.errors:
         print(f"synth: failed row {example}", file=sys.stderr)
     print(f"synth: {summary.line()}", flush=True)
@@ -39,7 +39,7 @@ def _run(spec) -> int:
 
 
 def cmd_run(args) -> int:
-    return _run(_spec(args))
+    return _run(_spec(args), retry_failed=args.retry_failed)
 
 
 def cmd_demo(args) -> int:
@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return command
 
-    with_spec("run", "run a job on the cluster at RAY_ADDRESS, or on a local Ray").set_defaults(func=cmd_run)
+    run = with_spec("run", "run a job on the cluster at RAY_ADDRESS, or on a local Ray; resumes where it stopped")
+    run.add_argument("--retry-failed", action="store_true", help="also rerun the rows that failed last time")
+    run.set_defaults(func=cmd_run)
     with_spec("validate", "print the resolved job spec, or name the invalid field").set_defaults(func=cmd_validate)
     demo = commands.add_parser("demo", help="tiny models + a prompt table, txt2img -> upscale on local Ray")
     demo.add_argument("out_dir")
@@ -97,6 +99,30 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, PlanError, ModelError) as error:
         print(f"synth: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        message = _cluster_error(error)
+        if message is None:
+            raise
+        print(f"synth: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _cluster_error(error: Exception) -> str | None:
+    """A one-line reason for the Ray errors a user can act on, instead of a long traceback."""
+    import ray.exceptions
+
+    if isinstance(error, ray.exceptions.GetTimeoutError):
+        return (
+            "the stage actors did not start within actor_start_timeout_s: the cluster lacks the GPUs or "
+            f"CPUs the stages ask for, or loading the model hangs ({error})"
+        )
+    if isinstance(error, ray.exceptions.RayError):
+        # An actor constructor that raised (model missing on a worker, bad scheduler...):
+        # the cause's last line names it.
+        lines = [line for line in str(error).strip().splitlines() if line.strip()]
+        if any(name in str(error) for name in ("ModelError", "ActorDiedError", "RayActorError")):
+            return lines[-1] if lines else type(error).__name__
+    return None
 
 
 if __name__ == "__main__":

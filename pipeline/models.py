@@ -11,13 +11,18 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from pipeline import storage
 
-# Files a diffusers folder needs: configs, tokenizer files, safetensors weights.
-_WANTED_SUFFIXES = (".json", ".txt", ".safetensors", ".model")
+# Files a diffusers folder needs: model_index.json at the top, and per component its
+# config, tokenizer files and safetensors weights. Top-level single-file checkpoints and
+# weight variants (fp16, non-EMA) are left out: for SD1.5 they are over 10 GB we never load.
+_ALLOW = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model", "*/*.safetensors"]
+_IGNORE = ["*.fp16.*", "*non_ema*", "*.ema.*"]
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
 
 
 class ModelError(RuntimeError):
@@ -35,14 +40,39 @@ def cache_root() -> Path:
     return Path(os.environ.get("SYNTH_CACHE", Path.home() / ".cache" / "synth"))
 
 
-def _is_hub_id(model: str) -> bool:
-    # "org/name" or "name", not a path that exists, not a URI.
-    return "://" not in model and not model.startswith((".", "/", "~")) and not Path(model).exists()
+def model_source(model: str) -> str:
+    """"s3", "local" or "hub": the one place that decides where a spec's `model` lives.
+
+    A local folder is an absolute or ./-relative path, or a relative path that exists here
+    (the driver makes it absolute before workers see it); anything else without a URI
+    scheme is a hub id such as "org/name".
+    """
+    if model.startswith("s3://"):
+        return "s3"
+    if model.startswith(("/", ".", "~", "file://")) or Path(model).exists():
+        return "local"
+    return "hub"
+
+
+def _wanted(rel: str) -> bool:
+    return any(fnmatch(rel, p) for p in _ALLOW) and not any(fnmatch(rel, p) for p in _IGNORE)
 
 
 def _fingerprint(entries: list[tuple[str, Any]]) -> str:
+    """A short hash over the files' names, sizes and (configs') contents or ETags: it changes
+    when a model changes, without reading gigabytes of weights. Labelled "files:" because it
+    is not a hash of every byte."""
     digest = hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()
-    return f"sha256:{digest[:16]}"
+    return f"files:{digest[:16]}"
+
+
+def refuse_pickles(files: list[str], model: str) -> None:
+    found = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
+    if found:
+        raise ModelError(
+            f"{model} holds pickle weights ({', '.join(found[:3])}{'...' if len(found) > 3 else ''}), which can run "
+            "code when loaded; convert them to safetensors, or set allow_pickle: true on the stage if you trust them"
+        )
 
 
 def _local_fingerprint(folder: Path) -> str:
@@ -59,16 +89,46 @@ def _local_fingerprint(folder: Path) -> str:
     return _fingerprint(entries)
 
 
-def check_model_source(model: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Fail fast (in the driver, before any GPU is held) when a local or s3 model is missing."""
-    if model.startswith("s3://"):
+def check_model_source(
+    model: str, revision: str | None = None, storage_options: dict[str, Any] | None = None, allow_pickle: bool = False
+) -> None:
+    """Fail fast (in the driver, before any GPU is held) when a model is missing, holds
+    pickle weights that are not allowed, or is a hub id that is neither cached nor reachable."""
+    source = model_source(model)
+    if source == "s3":
         fs, inner = storage.filesystem(model, storage_options)
         if not fs.exists(storage.join(inner, "model_index.json")):
             raise ModelError(f"no diffusers model at {model}: model_index.json not found there")
-    elif not _is_hub_id(model):
-        folder = Path(model).expanduser()
+        if not allow_pickle:
+            refuse_pickles([f[len(inner) :].lstrip("/") for f in fs.find(inner)], model)
+    elif source == "local":
+        folder = Path(model.removeprefix("file://")).expanduser()
         if not (folder / "model_index.json").is_file():
             raise ModelError(f"no diffusers model at {folder}: model_index.json not found there")
+        if not allow_pickle:
+            refuse_pickles([p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()], str(folder))
+    else:
+        _check_hub(model, revision)
+
+
+def _check_hub(model: str, revision: str | None) -> None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(model, revision=revision, allow_patterns=["model_index.json"], local_files_only=True)
+        return
+    except Exception:
+        pass
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().model_info(model, revision=revision, timeout=10)
+    except Exception as error:
+        raise ModelError(
+            f"model {model!r} is not in the local Hugging Face cache "
+            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the hub cannot be reached: "
+            f"{type(error).__name__}: {str(error)[:200]}"
+        ) from None
 
 
 def _download_s3(model: str, storage_options: dict[str, Any] | None) -> ResolvedModel:
@@ -84,11 +144,7 @@ def _download_s3(model: str, storage_options: dict[str, Any] | None) -> Resolved
     listing = fs.find(inner, detail=True)
     if not listing:
         raise ModelError(f"no files under {model}")
-    wanted = {
-        path: info
-        for path, info in listing.items()
-        if path.endswith(_WANTED_SUFFIXES)
-    }
+    wanted = {path: info for path, info in listing.items() if _wanted(path[len(inner) :].lstrip("/"))}
     entries = [(path[len(inner) :].lstrip("/"), info.get("size"), info.get("ETag", "")) for path, info in wanted.items()]
     revision = _fingerprint(entries)
     key = hashlib.sha256(model.encode()).hexdigest()[:16] + "-" + revision.split(":")[1]
@@ -112,12 +168,12 @@ def _download_s3(model: str, storage_options: dict[str, Any] | None) -> Resolved
 def _resolve_hub(model: str, revision: str | None) -> ResolvedModel:
     from huggingface_hub import snapshot_download
 
-    patterns = [f"*{suffix}" for suffix in _WANTED_SUFFIXES]
+    patterns = dict(allow_patterns=_ALLOW, ignore_patterns=_IGNORE)
     try:
-        path = snapshot_download(model, revision=revision, allow_patterns=patterns, local_files_only=True)
+        path = snapshot_download(model, revision=revision, local_files_only=True, **patterns)
     except Exception:  # not cached: try the network once
         try:
-            path = snapshot_download(model, revision=revision, allow_patterns=patterns)
+            path = snapshot_download(model, revision=revision, **patterns)
         except Exception as error:
             raise ModelError(
                 f"model {model!r} is not in the local Hugging Face cache "
@@ -129,11 +185,12 @@ def _resolve_hub(model: str, revision: str | None) -> ResolvedModel:
 
 def resolve_model(model: str, revision: str | None = None, storage_options: dict[str, Any] | None = None) -> ResolvedModel:
     """Turn a spec's `model` into a local folder, downloading it if it is remote."""
-    if model.startswith("s3://"):
+    source = model_source(model)
+    if source == "s3":
         return _download_s3(model, storage_options)
-    if _is_hub_id(model):
+    if source == "hub":
         return _resolve_hub(model, revision)
-    folder = Path(model).expanduser().resolve()
+    folder = Path(model.removeprefix("file://")).expanduser().resolve()
     if not (folder / "model_index.json").is_file():
         raise ModelError(f"no diffusers model at {folder}: model_index.json not found there")
     return ResolvedModel(model, str(folder), _local_fingerprint(folder))
@@ -145,12 +202,15 @@ def torch_dtype(name: str, device: str):
     if name == "auto":
         if device.startswith("cuda"):
             # bf16 keeps fp16's speed without the VAE overflows fp16 shows on SDXL.
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # Native bf16 only (Ampere and later); T4/V100 would emulate it, slowly.
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         return torch.float32
     return getattr(torch, name)
 
 
-def load_pipeline(kind: str, resolved: ResolvedModel, dtype: str, device: str, scheduler: str | None = None):
+def load_pipeline(
+    kind: str, resolved: ResolvedModel, dtype: str, device: str, scheduler: str | None = None, allow_pickle: bool = False
+):
     """Load the diffusers pipeline that serves a stage kind from a resolved model folder."""
     import diffusers
 
@@ -161,9 +221,13 @@ def load_pipeline(kind: str, resolved: ResolvedModel, dtype: str, device: str, s
         # The x4 upscaler has no AutoPipeline; its model_index.json names its class.
         "upscale": diffusers.DiffusionPipeline,
     }
+    if not allow_pickle:
+        folder = Path(resolved.path)
+        refuse_pickles([p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()], resolved.source)
     try:
         pipe = loaders[kind].from_pretrained(
-            resolved.path, dtype=torch_dtype(dtype, device), use_safetensors=True
+            # None: prefer safetensors, fall back to pickles only where explicitly allowed.
+            resolved.path, dtype=torch_dtype(dtype, device), use_safetensors=None if allow_pickle else True
         )
     except Exception as error:
         raise ModelError(f"cannot load {resolved.source!r} as a {kind} pipeline: {type(error).__name__}: {error}") from None

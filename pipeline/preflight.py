@@ -11,7 +11,7 @@ import uuid
 
 from pipeline import storage
 from pipeline.io.reader import input_schema
-from pipeline.models import ModelError, check_model_source
+from pipeline.models import ModelError, check_model_source, model_source
 from pipeline.spec import JobSpec, SpecError
 
 OVERRIDE_PARAMS = ("seed", "steps", "guidance_scale", "strength", "width", "height")
@@ -26,7 +26,7 @@ def absolute_paths(spec: JobSpec) -> JobSpec:
     data["input"]["path"] = fix(spec.input.path)
     data["output"]["path"] = fix(spec.output.path)
     for stage in data["stages"]:
-        if stage["model"].startswith((".", "/", "~", "file://")):
+        if model_source(stage["model"]) == "local":
             stage["model"] = fix(stage["model"])
     return JobSpec.model_validate(data)
 
@@ -35,7 +35,10 @@ def check_input(spec: JobSpec) -> tuple[dict[str, str], dict[str, str]]:
     """Return (role -> column, override -> column) for the columns present; fail if a column
     the stage chain needs is missing."""
     names = set(input_schema(spec).names)
-    roles = {role: column for role, column in spec.input.columns.model_dump().items() if column in names}
+    # Only the roles this job uses: an `image` column in a txt2img job's table is not read.
+    used = {"prompt", "negative_prompt", *spec.required_roles()}
+    columns = spec.input.columns.model_dump()
+    roles = {role: columns[role] for role in used if columns[role] in names}
     for role, reason in spec.required_roles().items():
         column = getattr(spec.input.columns, role)
         if column not in names:
@@ -48,16 +51,41 @@ def check_input(spec: JobSpec) -> tuple[dict[str, str], dict[str, str]]:
             f"input.columns.prompt: column {spec.input.columns.prompt!r} is not in the input table; "
             f"the table has: {', '.join(sorted(names))}"
         )
-    if spec.input.id_column and spec.input.id_column not in names:
-        raise SpecError(f"input.id_column: column {spec.input.id_column!r} is not in the input table")
+    if spec.input.id_column:
+        if spec.input.id_column not in names:
+            raise SpecError(f"input.id_column: column {spec.input.id_column!r} is not in the input table")
+        _check_unique_ids(spec)
     overrides = {param: param for param in OVERRIDE_PARAMS if param in names}
     return roles, overrides
+
+
+def _check_unique_ids(spec: JobSpec) -> None:
+    """Two rows with one id would write one image key twice; refuse before any work.
+    Reads the id column only (a few MB even for millions of rows)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipeline.io.reader import input_files
+
+    fs, files = input_files(spec.input.path, spec.input_storage_options())
+    counts: dict = {}
+    for file in files:
+        with fs.open(file, "rb") as handle:
+            column = pq.read_table(handle, columns=[spec.input.id_column]).column(0).cast("string")
+        for item in pc.value_counts(column.drop_null()).to_pylist():
+            counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+    duplicated = [value for value, count in counts.items() if count > 1]
+    if duplicated:
+        raise SpecError(
+            f"input.id_column: {len(duplicated)} ids appear more than once in column "
+            f"{spec.input.id_column!r}, e.g. {', '.join(repr(v) for v in duplicated[:3])}"
+        )
 
 
 def check_models(spec: JobSpec) -> None:
     for index, stage in enumerate(spec.stages):
         try:
-            check_model_source(stage.model, spec.storage_options)
+            check_model_source(stage.model, stage.revision, spec.storage_options, stage.allow_pickle)
         except ModelError as error:
             raise SpecError(f"stages.{index}.model: {error}") from None
         except Exception as error:  # unreachable endpoint, permissions

@@ -17,9 +17,18 @@ def output_target(spec: JobSpec) -> OutputTarget:
         png_compress_level=spec.output.png_compress_level,
         storage_options=spec.output_storage_options(),
         stages=tuple(
-            StageInfo(s.kind, s.model, s.scheduler, s.noise_level, s.negative_prompt) for s in spec.stages
+            StageInfo(s.kind, s.model, s.scheduler, s.noise_level, s.negative_prompt, s.dtype) for s in spec.stages
         ),
     )
+
+
+ACTOR_RESTARTS = 4
+ACTOR_TASK_RETRIES = 4
+
+
+def chunk_rows(spec: JobSpec) -> int:
+    """Rows per chunk: the largest stage batch, so no stage batch spans two chunks."""
+    return max(stage.batch_size for stage in spec.stages)
 
 
 def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[list[str]]):
@@ -30,16 +39,21 @@ def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[lis
     from pipeline.stages import WORKERS
 
     ds = read_input(spec, source.columns(), plan.task_cpus)
+    # The unit of work and of commit is a chunk: `chunk_rows(spec)` consecutive input rows,
+    # cut before anything is filtered. Every later step keeps a chunk in one block, so its
+    # rows always share the same batch mates (batched kernels round differently with other
+    # mates) and its metadata is one file written after all its images. A rerun therefore
+    # skips whole committed chunks and recomputes the others byte for byte.
+    # Small blocks also spread the rows over every actor of a pool: actors receive whole
+    # blocks, and a one-file table would otherwise be one block on one actor.
+    ds = ds.repartition(target_num_rows_per_block=chunk_rows(spec), strict=True)
     ds = ds.map_batches(
         prepare_rows,
         fn_kwargs={"source": source},
         batch_format="pyarrow",
-        batch_size=spec.stages[0].batch_size,
+        batch_size=None,
         num_cpus=plan.task_cpus,
     )
-    # Actors receive whole blocks: a one-file table is one block and would keep every row
-    # on one actor. Blocks of one batch each spread the rows over the pool.
-    ds = ds.repartition(target_num_rows_per_block=spec.stages[0].batch_size)
     for index, (stage, stage_plan) in enumerate(zip(spec.stages, plan.stages)):
         resources = {"num_cpus": stage_plan.cpus}
         if stage_plan.gpus:
@@ -62,12 +76,16 @@ def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[lis
                 max_size=stage_plan.max_replicas,
                 max_tasks_in_flight_per_actor=2,
             ),
+            # A dead actor (preempted node, OOM kill) is restarted and its in-flight batches
+            # are retried on the pool; the chunk's composition is unchanged, so are its bytes.
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=ACTOR_TASK_RETRIES,
             **resources,
         )
     return ds.map_batches(
         write_outputs,
         fn_kwargs={"target": output_target(spec)},
         batch_format="numpy",
-        batch_size=spec.stages[-1].batch_size,
+        batch_size=None,  # the whole chunk: one metadata file per chunk
         num_cpus=plan.task_cpus,
     )

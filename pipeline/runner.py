@@ -16,6 +16,7 @@ from pipeline.spec import JobSpec, resolved_dict
 class RunSummary:
     rows_ok: int = 0
     rows_failed: int = 0
+    rows_skipped: int = 0  # committed by an earlier run of the same output
     wall_seconds: float = 0.0
     first_batch_seconds: float | None = None
     errors: list[str] = field(default_factory=list)  # a few examples, "id: message"
@@ -29,8 +30,9 @@ class RunSummary:
         return self.rows_ok / self.wall_seconds if self.wall_seconds else 0.0
 
     def line(self) -> str:
+        skipped = f", {self.rows_skipped} already done" if self.rows_skipped else ""
         return (
-            f"{self.rows_ok} rows ok, {self.rows_failed} failed, "
+            f"{self.rows_ok} rows ok, {self.rows_failed} failed{skipped}, "
             f"{self.images_per_second:.2f} images/s, wall {self.wall_seconds:.1f} s"
         )
 
@@ -57,7 +59,25 @@ def write_resolved_spec(spec: JobSpec) -> None:
     storage.write_bytes_atomic(fs, storage.join(root, "job.json"), data)
 
 
-def run_job(spec: JobSpec, log: Callable[[str], None] = print) -> RunSummary:
+def rows_to_skip(spec: JobSpec, retry_failed: bool, log: Callable[[str], None]) -> frozenset[str]:
+    """Ids a previous run committed. With retry_failed, failed rows are first removed from
+    the metadata (so they can never appear twice) and run again."""
+    from pipeline.io.ledger import committed_rows, uncommit
+
+    options = spec.output_storage_options()
+    committed = committed_rows(spec.output.path, options)
+    if retry_failed:
+        failed = {row_id for row_id, status in committed.items() if status != "ok"}
+        if failed:
+            uncommit(spec.output.path, options, failed)
+            log(f"retrying {len(failed)} failed rows")
+        committed = {row_id: status for row_id, status in committed.items() if row_id not in failed}
+    if committed:
+        log(f"resuming: {len(committed)} rows already committed in {spec.output.path}")
+    return frozenset(committed)
+
+
+def run_job(spec: JobSpec, log: Callable[[str], None] = print, retry_failed: bool = False) -> RunSummary:
     import ray
     import ray.data
 
@@ -77,6 +97,12 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print) -> RunSummary:
     # 2. The cluster and a plan that fits it.
     connect_ray()
     resources = ray.cluster_resources()
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if len(nodes) > 1 and not storage.is_remote(spec.output.path):
+        log(
+            f"warning: output.path {spec.output.path} is local and the cluster has {len(nodes)} nodes: "
+            "each node writes to its own disk unless the path is a shared mount; prefer s3://"
+        )
     plan = plan_resources(spec.stages, resources.get("CPU", 0), resources.get("GPU", 0))
     for index, stage_plan in enumerate(plan.stages):
         log(
@@ -93,18 +119,22 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print) -> RunSummary:
     context.wait_for_min_actors_s = spec.actor_start_timeout_s
 
     write_resolved_spec(spec)
+    skip = rows_to_skip(spec, retry_failed, log)
     source = RowSource(
         job_seed=spec.seed,
-        base_dir=base_dir(spec.input.path),
+        base_dir=base_dir(spec.input.path, spec.input_storage_options()),
         storage_options=spec.input_storage_options(),
         id_column=spec.input.id_column,
         roles=roles,
         overrides=overrides,
+        skip_ids=skip,
+        max_image_pixels=spec.input.max_image_pixels,
+        prompt_required=spec.stages[0].kind != "upscale",
     )
     dataset = build_dataset(spec, plan, source, preflight.override_owners(spec, overrides))
 
     # 3. Stream: each item is one written batch's id/status/error.
-    summary = RunSummary()
+    summary = RunSummary(rows_skipped=len(skip))
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         if summary.first_batch_seconds is None:
             summary.first_batch_seconds = time.perf_counter() - started

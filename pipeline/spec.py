@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.storage import merge_options
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 StageKind = Literal["txt2img", "img2img", "inpaint", "upscale"]
@@ -106,6 +107,12 @@ class InputSpec(_Strict):
         "id (identical rows then share one id and one output).",
     )
     columns: Columns = Field(default_factory=Columns)
+    max_image_pixels: int = Field(
+        50_000_000,
+        ge=64,
+        description="Images and masks with more pixels are refused (the row fails) from their header, "
+        "before decoding: a guard against decompression bombs.",
+    )
     storage_options: dict[str, Any] | None = Field(
         None, description="s3fs options for the input only; override the top-level storage_options."
     )
@@ -177,7 +184,14 @@ class StageSpec(_Strict):
         pattern=r"^[A-Za-z0-9]+Scheduler$",
         description="A diffusers scheduler class name (e.g. DPMSolverMultistepScheduler); default: the model's.",
     )
-    dtype: DType = Field("auto", description="auto: float16 on CUDA, float32 on CPU.")
+    dtype: DType = Field(
+        "auto", description="auto: bfloat16 on CUDA (float16 where bf16 is not native), float32 on CPU."
+    )
+    allow_pickle: bool = Field(
+        False,
+        description="Allow a model folder that holds pickle weights (.bin, .ckpt, .pt, .pth, .pkl), which can "
+        "run code when loaded. Off: such folders are refused and only safetensors load.",
+    )
     batch_size: int = Field(4, ge=1, description="Rows per pipeline call; larger uses the GPU better and more memory.")
     replicas: Replicas = Field(default_factory=Replicas)
     gpus: float | None = Field(
@@ -209,6 +223,10 @@ class StageSpec(_Strict):
         for name, value in STAGE_DEFAULTS[self.kind].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        if self.strength is not None and int(self.steps * self.strength) < 1:
+            raise FieldError(
+                "strength", f"steps x strength = {self.steps} x {self.strength:g} leaves no denoising step"
+            )
         return self
 
 
@@ -249,10 +267,10 @@ class JobSpec(_Strict):
         return self
 
     def input_storage_options(self) -> dict[str, Any]:
-        return {**self.storage_options, **(self.input.storage_options or {})}
+        return merge_options(self.storage_options, self.input.storage_options or {})
 
     def output_storage_options(self) -> dict[str, Any]:
-        return {**self.storage_options, **(self.output.storage_options or {})}
+        return merge_options(self.storage_options, self.output.storage_options or {})
 
     def required_roles(self) -> dict[str, str]:
         """Input roles the stage chain needs, each with the reason (for error messages)."""

@@ -11,11 +11,39 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+# Transient S3 faults (503 SlowDown, throttling, connection resets, timeouts) are retried
+# with exponential backoff and full jitter by botocore's "standard" mode, under s3fs's own
+# retries of dropped connections. A spec's storage_options override any of these.
+S3_DEFAULTS: dict[str, Any] = {
+    "config_kwargs": {
+        "retries": {"max_attempts": 10, "mode": "standard"},
+        "connect_timeout": 10,
+        "read_timeout": 60,
+    },
+}
+
+
+def merge_options(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Nested merge of storage options: e.g. input-level client_kwargs add to the top-level
+    ones instead of replacing them."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_options(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def filesystem(path: str, storage_options: dict[str, Any] | None = None):
     """(fsspec filesystem, path inside it) for a local path, file:// URI or s3:// URI."""
     import fsspec.core
 
-    options = dict(storage_options or {}) if is_remote(path) else {}
+    options: dict[str, Any] = {}
+    if is_remote(path):
+        options = dict(storage_options or {})
+        if path.startswith(("s3://", "s3a://")):
+            options = merge_options(S3_DEFAULTS, options)
     fs, inner = fsspec.core.url_to_fs(path, **options)
     return fs, inner
 

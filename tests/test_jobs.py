@@ -36,7 +36,7 @@ def test_txt2img_job(ray_cluster, tiny, tmp_path):
     check_outputs(rows, 6, (32, 32))
     row = rows[0]
     assert row["stage_chain"] == "txt2img" and row["format"] == "png"
-    assert row["stages"][0]["model_revision"].startswith("sha256:")
+    assert row["stages"][0]["model_revision"].startswith("files:")
     assert row["stages"][0]["steps"] == 2 and row["stages"][0]["seconds"] > 0
     assert (tmp_path / "out" / "job.json").is_file()
 
@@ -129,8 +129,11 @@ def test_row_seed_column_reproduces_a_seeded_diffusers_call(ray_cluster, tiny, t
 
 
 def test_each_actor_gets_its_own_gpu(ray_cluster, tiny, tmp_path):
-    table = write_table(tmp_path / "t.parquet", {"prompt": [f"p{i}" for i in range(8)]})
-    spec = job(table, str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"], gpus=1, replicas={"min": 2, "max": 2})])
+    table = write_table(tmp_path / "t.parquet", {"prompt": [f"p{i}" for i in range(12)]})
+    # Batches slow enough (20 steps, 64 px) that blocks queue up, as real generation does;
+    # a 2-step tiny batch ends before the next block arrives and one actor would take all.
+    one_gpu_each = stage("txt2img", tiny["txt2img"], gpus=1, replicas={"min": 2, "max": 2}, steps=20, width=64, height=64)
+    spec = job(table, str(tmp_path / "out"), [one_gpu_each])
     _, rows = run(spec)
     devices = {row["stages"][0]["device"] for row in rows}
     assert devices == {"cpu (ray gpu 0)", "cpu (ray gpu 1)"}

@@ -30,46 +30,69 @@ def resolve_uri(value: str | bytes, base_dir: str) -> str:
     text = value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else value
     if "://" in text or text.startswith("/"):
         return text
-    return storage.join(base_dir, text) if "://" in base_dir else posixpath.normpath(posixpath.join(base_dir, text))
+    if "://" in base_dir:
+        scheme, _, rest = base_dir.partition("://")
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, text))}"
+    return posixpath.normpath(posixpath.join(base_dir, text))
+
+
+def cell_value(value: Any) -> Any:
+    """An image cell as bytes or a URI string; Hugging Face datasets store images as a
+    struct {bytes, path}: take the bytes when present, else the path."""
+    if isinstance(value, dict):
+        return value.get("bytes") or value.get("path")
+    return value
 
 
 def fetch_all(uris: list[str], storage_options: dict[str, Any]) -> list[bytes | Exception]:
-    """Fetch many URIs; remote ones concurrently in one call per filesystem."""
-    results: list[bytes | Exception] = [b""] * len(uris)
-    by_fs: dict[int, tuple[Any, list[tuple[int, str]]]] = {}
-    for position, uri in enumerate(uris):
+    """Fetch many URIs concurrently (S3 latency dominates: 16 requests in flight).
+
+    One `cat_file` per path: fsspec's multi-path `cat` would expand `[`, `*` and `?` in
+    object names as glob patterns.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fetch(uri: str) -> bytes | Exception:
         try:
             fs, inner = storage.filesystem(uri, storage_options)
-        except Exception as error:  # unknown protocol and such: this row only
-            results[position] = error
-            continue
-        by_fs.setdefault(id(fs), (fs, []))[1].append((position, inner))
-    for fs, items in by_fs.values():
-        paths = [inner for _, inner in items]
-        fetched = fs.cat(paths, on_error="return") if len(paths) > 1 else {paths[0]: _cat_one(fs, paths[0])}
-        for position, inner in items:
-            results[position] = fetched.get(inner, FileNotFoundError(inner))
-    return results
+            return fs.cat_file(inner)
+        except Exception as error:  # missing object, permissions: this row only
+            return error
+
+    if len(uris) <= 1:
+        return [fetch(uri) for uri in uris]
+    with ThreadPoolExecutor(max_workers=min(16, len(uris))) as pool:
+        return list(pool.map(fetch, uris))
 
 
-def _cat_one(fs, path: str) -> bytes | Exception:
-    try:
-        return fs.cat_file(path)
-    except Exception as error:
-        return error
+class PixelBudgetError(ValueError):
+    pass
 
 
-def decode(data: bytes, mode: str) -> np.ndarray:
-    """Decode encoded image bytes to a uint8 array in `mode` ("RGB" or "L")."""
+def decode(data: bytes, mode: str, max_pixels: int | None = None) -> np.ndarray:
+    """Decode encoded image bytes to a uint8 array in `mode` ("RGB" or "L").
+
+    The size is read from the header and checked against `max_pixels` before any pixel is
+    decoded, so a decompression bomb (a tiny file claiming a huge image) costs nothing.
+    """
     from PIL import Image
 
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = None  # our budget, checked below, replaces PIL's global one
     with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise PixelBudgetError(
+                f"{width}x{height} = {width * height} pixels is over input.max_image_pixels ({max_pixels})"
+            )
         return np.asarray(image.convert(mode))
 
 
 def describe_decode_error(error: Exception) -> str:
     from PIL import UnidentifiedImageError
 
+    if isinstance(error, PixelBudgetError):
+        return str(error)
     if isinstance(error, UnidentifiedImageError):
         # PIL's own message names a BytesIO object's address: useless and never the same twice.
         return "not a known image format (PNG, JPEG, WebP, ...)"

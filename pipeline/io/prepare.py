@@ -1,7 +1,9 @@
 """Turn input rows into the pipeline's canonical columns (see pipeline/batch.py).
 
-Runs as a Ray Data CPU task between the read and the first stage, so fetching and
-decoding input images never sits on a GPU actor's critical path.
+Runs as a Ray Data CPU task between the read and the first stage, so fetching, decoding
+and checking the input never sits on a GPU actor's critical path. Every problem with a row
+(an undecodable image, a bad override value, an empty prompt) fails that row alone, with a
+message that names the column.
 """
 
 from __future__ import annotations
@@ -25,10 +27,15 @@ class RowSource:
     base_dir: str
     storage_options: dict[str, Any]
     id_column: str | None
-    # role -> column name, only for roles whose column exists in the table
+    # role -> column name, only for the roles this job uses whose column exists
     roles: dict[str, str]
     # override parameter -> column name, only for those present ("seed" included)
     overrides: dict[str, str] = field(default_factory=dict)
+    # rows a previous run committed: dropped here, before any image is fetched
+    skip_ids: frozenset[str] = frozenset()
+    max_image_pixels: int | None = None
+    # the first stage needs a non-empty prompt (txt2img, img2img, inpaint do; upscale not)
+    prompt_required: bool = True
 
     def columns(self) -> list[str]:
         names = list(self.roles.values()) + list(self.overrides.values())
@@ -37,22 +44,60 @@ class RowSource:
         return list(dict.fromkeys(names))
 
 
-def _number(value: Any) -> float:
+def _check_override(param: str, value: Any) -> tuple[float, str | None]:
+    """(value as float or NaN, error) for one per-row override cell."""
     if value is None:
-        return math.nan
-    return float(value)
+        return math.nan, None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.nan, f"{param}: {value!r} is not a number"
+    if math.isnan(number):
+        return math.nan, None
+    if param in ("steps", "width", "height") and number != int(number):
+        return math.nan, f"{param}: {value!r} is not a whole number"
+    problem = {
+        "steps": number < 1 or number > 1000,
+        "guidance_scale": number < 0,
+        "strength": not 0 < number <= 1,
+        "width": number < 8 or number % 8 != 0,
+        "height": number < 8 or number % 8 != 0,
+    }[param]
+    if problem:
+        rule = {
+            "steps": "between 1 and 1000",
+            "guidance_scale": "0 or more",
+            "strength": "in (0, 1]",
+            "width": "a positive multiple of 8",
+            "height": "a positive multiple of 8",
+        }[param]
+        return math.nan, f"{param}: {value!r} must be {rule}"
+    return number, None
+
+
+def _seed(value: Any) -> tuple[int | None, str | None]:
+    if value is None:
+        return None, None
+    try:
+        seed = int(value)
+        if seed != float(value) or not 0 <= seed < 2**63:
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        return None, f"seed: {value!r} must be a whole number in [0, 2**63)"
+    return seed, None
 
 
 def _load_images(values: list[Any], source: RowSource, mode: str, role: str, errors: list[str | None]):
     """Fetch (if URIs) and decode one image column; a failure marks that row only."""
     count = len(values)
+    values = [images.cell_value(v) for v in values]
     encoded: list[bytes | Exception | None] = [None] * count
-    uri_rows = [i for i, v in enumerate(values) if v is not None and images.looks_like_uri(v)]
-    uris = [images.resolve_uri(values[i], source.base_dir) for i in uri_rows]
-    for i, data in zip(uri_rows, images.fetch_all(uris, source.storage_options)):
+    uri_rows = [i for i, v in enumerate(values) if v is not None and errors[i] is None and images.looks_like_uri(v)]
+    uris = {i: images.resolve_uri(values[i], source.base_dir) for i in uri_rows}
+    for i, data in zip(uri_rows, images.fetch_all(list(uris.values()), source.storage_options)):
         encoded[i] = data
     for i, value in enumerate(values):
-        if encoded[i] is None and value is not None:
+        if encoded[i] is None and value is not None and i not in uris:
             encoded[i] = bytes(value)
     raws, widths, heights = [b""] * count, np.zeros(count, np.int64), np.zeros(count, np.int64)
     for i, data in enumerate(encoded):
@@ -62,11 +107,10 @@ def _load_images(values: list[Any], source: RowSource, mode: str, role: str, err
             errors[i] = f"{role}: the '{source.roles[role]}' cell is empty"
             continue
         if isinstance(data, Exception):
-            target = uris[uri_rows.index(i)]
-            errors[i] = f"{role}: cannot fetch {target}: {type(data).__name__}: {data}"
+            errors[i] = f"{role}: cannot fetch {uris[i]}: {type(data).__name__}: {data}"
             continue
         try:
-            pixels = images.decode(data, mode)
+            pixels = images.decode(data, mode, source.max_image_pixels)
         except Exception as error:
             errors[i] = f"{role}: cannot decode the image: {images.describe_decode_error(error)}"
             continue
@@ -89,25 +133,40 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
                 ids[i] = content_id([data[name][i] for name in sorted(data)])
     else:
         ids = [content_id([data[name][i] for name in sorted(data)]) for i in range(count)]
+    if source.skip_ids:
+        keep = [i for i, row_id in enumerate(ids) if row_id not in source.skip_ids]
+        if len(keep) < count:
+            data = {name: [values[i] for i in keep] for name, values in data.items()}
+            ids, errors, count = [ids[i] for i in keep], [errors[i] for i in keep], len(keep)
 
     # 2. Seeds: the row's own seed column, else derived from the job seed and the row id.
     seed_column = source.overrides.get("seed")
     seeds = np.empty(count, np.int64)
     for i in range(count):
-        own = data[seed_column][i] if seed_column else None
-        seeds[i] = int(own) if own is not None else derive_seed(source.job_seed, ids[i])
+        own, problem = _seed(data[seed_column][i]) if seed_column else (None, None)
+        errors[i] = errors[i] or problem
+        seeds[i] = own if own is not None else derive_seed(source.job_seed, ids[i])
 
+    prompts = [v if isinstance(v, str) else ("" if v is None else str(v)) for v in data.get(source.roles.get("prompt"), [None] * count)]
+    if source.prompt_required:
+        for i, prompt in enumerate(prompts):
+            if not prompt.strip():
+                errors[i] = errors[i] or "prompt: the prompt is empty"
     out: dict[str, np.ndarray] = {
         B.ID: B.object_column(ids),
-        B.PROMPT: B.object_column([v or "" for v in data.get(source.roles.get("prompt"), [None] * count)]),
+        B.PROMPT: B.object_column(prompts),
         B.NEGATIVE_PROMPT: B.object_column([v or "" for v in data.get(source.roles.get("negative_prompt"), [None] * count)]),
         B.SEED: seeds,
     }
-    # 3. Per-row parameter overrides (NaN = use the stage's value).
+    # 3. Per-row parameter overrides (NaN = use the stage's value), checked here.
     for param in B.OVERRIDES:
         column = source.overrides.get(param)
-        values = data[column] if column else [None] * count
-        out[B.override_column(param)] = np.array([_number(v) for v in values], dtype=np.float64)
+        values = np.full(count, np.nan)
+        if column:
+            for i, cell in enumerate(data[column]):
+                values[i], problem = _check_override(param, cell)
+                errors[i] = errors[i] or problem
+        out[B.override_column(param)] = values
 
     # 4. Images and masks: fetched and decoded here, off the GPU actors.
     for role, mode, names in (

@@ -21,7 +21,8 @@ def input_files(path: str, storage_options: dict[str, Any]) -> tuple[Any, list[s
     fs, inner = storage.filesystem(path, storage_options)
     try:
         if any(char in inner for char in _GLOB_CHARS):
-            files = sorted(fs.glob(inner))
+            # Only Parquet files: a glob over a folder also matches _SUCCESS and such.
+            files = sorted(f for f in fs.glob(inner) if f.endswith((".parquet", ".parq")))
         elif fs.isdir(inner):
             files = sorted(f for f in fs.find(inner) if f.endswith(".parquet"))
         elif fs.exists(inner):
@@ -35,13 +36,18 @@ def input_files(path: str, storage_options: dict[str, Any]) -> tuple[Any, list[s
     return fs, files
 
 
-def base_dir(path: str) -> str:
-    """The folder that relative image paths in the table resolve against: the input path's
-    folder, or the part of a glob before its first wildcard."""
+def base_dir(path: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The folder that relative image paths in the table resolve against: the input path
+    itself when it is a folder, else its folder (for a glob, the part before the first
+    wildcard)."""
     cut = min([path.index(c) for c in _GLOB_CHARS if c in path] or [len(path)])
     head = path[:cut]
-    if cut < len(path) or head.endswith(".parquet"):
+    if cut < len(path):
         head = posixpath.dirname(head)
+    else:
+        fs, inner = storage.filesystem(path, storage_options)
+        if not fs.isdir(inner):
+            head = posixpath.dirname(head.rstrip("/"))
     if storage.is_remote(path):
         return head.rstrip("/")
     # Absolute, because workers do not share the driver's working directory.

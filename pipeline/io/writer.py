@@ -29,6 +29,7 @@ class StageInfo:
     scheduler: str | None
     noise_level: int | None
     negative_prompt: str | None
+    dtype: str
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ def metadata_schema():
             ("model", pa.string()),
             ("model_revision", pa.string()),
             ("scheduler", pa.string()),
+            ("dtype", pa.string()),
+            ("negative_prompt", pa.string()),
             ("seed", pa.int64()),
             ("steps", pa.int32()),
             ("guidance_scale", pa.float64()),
@@ -62,6 +65,8 @@ def metadata_schema():
             ("height", pa.int32()),
             ("seconds", pa.float64()),
             ("device", pa.string()),
+            ("prompt_truncated", pa.bool_()),
+            ("nsfw", pa.bool_()),
         ]
     )
     return pa.schema(
@@ -99,7 +104,9 @@ def _stage_records(batch: dict[str, np.ndarray], target: OutputTarget, row: int)
                 return None
             return cast(item) if cast else item
 
-        ran = bool(value("width", int))  # zero width: the row failed before this stage
+        ran = bool(value("ran"))  # False: the row failed before this stage
+        made = ran and bool(value("width", int))  # False: the stage failed the row
+        negative = batch[B.NEGATIVE_PROMPT][row] or info.negative_prompt
         records.append(
             {
                 "index": index,
@@ -107,15 +114,19 @@ def _stage_records(batch: dict[str, np.ndarray], target: OutputTarget, row: int)
                 "model": info.model,
                 "model_revision": value("model_revision"),
                 "scheduler": info.scheduler,
+                "dtype": info.dtype,
+                "negative_prompt": negative if ran else None,
                 "seed": value("seed", int) if ran else None,
                 "steps": value("steps", int) if ran else None,
                 "guidance_scale": value("guidance_scale", float) if ran else None,
                 "strength": value("strength", float) if ran else None,
                 "noise_level": info.noise_level,
-                "width": value("width", int) if ran else None,
-                "height": value("height", int) if ran else None,
-                "seconds": value("seconds", float) if ran else None,
+                "width": value("width", int) if made else None,
+                "height": value("height", int) if made else None,
+                "seconds": value("seconds", float) if made else None,
                 "device": value("device"),
+                "prompt_truncated": bool(value("prompt_truncated")) if ran else None,
+                "nsfw": bool(value("nsfw")) if made else None,
             }
         )
     return records
@@ -128,6 +139,8 @@ def write_outputs(batch: dict[str, np.ndarray], target: OutputTarget):
 
     started = time.perf_counter()
     count = len(batch[B.ID])
+    if not count:  # every row of the chunk was committed by an earlier run
+        return metadata_schema().empty_table().select(["id", "status", "error"])
     fs, root = storage.filesystem(target.path, target.storage_options)
     status = batch[B.STATUS].copy()
     errors = batch[B.ERROR].copy()

@@ -36,6 +36,15 @@ class Group:
     masks: list[Any] | None = None  # PIL L masks (inpaint)
 
 
+def _target_size(size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+    """The size an input image is resized to: the stage's width x height when set, else
+    its own size rounded down to a multiple of 8 (the VAE works on 8x8 cells; diffusers
+    refuses other sizes in some pipelines and silently crops in others)."""
+    if width and height:
+        return width, height
+    return max(8, size[0] // 8 * 8), max(8, size[1] // 8 * 8)
+
+
 def _device_label(device: str) -> str:
     """Where this worker runs, with the GPU ids Ray assigned (also seen without a real GPU)."""
     try:
@@ -81,13 +90,33 @@ class StageWorker:
 
         # 2. The model, once per actor.
         self.model = resolve_model(self.spec.model, self.spec.revision, storage_options)
-        self.pipe = load_pipeline(self.kind, self.model, self.spec.dtype, self.device, self.spec.scheduler)
+        self.pipe = load_pipeline(
+            self.kind, self.model, self.spec.dtype, self.device, self.spec.scheduler, self.spec.allow_pickle
+        )
 
     # ------------------------------------------------------------ subclass hooks
 
     def generate(self, group: Group):
-        """Run the diffusers pipeline on one group; return a (n, 3, H, W) tensor in [0, 1]."""
+        """Run the diffusers pipeline on one group with output_type="pt"; return its output
+        (`.images`: a (n, 3, H, W) tensor in [0, 1])."""
         raise NotImplementedError
+
+    def group_error(self, group: Group) -> str | None:
+        """A reason this group's parameters cannot run, or None."""
+        if group.strength == group.strength and int(group.steps * group.strength) < 1:  # not NaN
+            return (
+                f"stages.{self.index} ({self.kind}): steps x strength = {group.steps} x {group.strength:g} "
+                "leaves no denoising step; raise steps or strength"
+            )
+        return None
+
+    def _truncated(self, batch: dict[str, np.ndarray], rows: list[int]) -> set[int]:
+        """Rows whose prompt is longer than the text encoder takes (diffusers truncates it)."""
+        tokenizer = getattr(self.pipe, "tokenizer", None)
+        if tokenizer is None or not rows:
+            return set()
+        lengths = [len(ids) for ids in tokenizer([str(batch[B.PROMPT][r]) for r in rows])["input_ids"]]
+        return {row for row, length in zip(rows, lengths) if length > tokenizer.model_max_length}
 
     def row_error(self, batch: dict[str, np.ndarray], row: int) -> str | None:
         """A reason this row cannot run in this stage, or None."""
@@ -148,8 +177,9 @@ class StageWorker:
         images = []
         for r in rows:
             image = Image.fromarray(B.image_view(batch[B.IMAGE][r], batch[B.WIDTH][r], batch[B.HEIGHT][r]))
-            if width and height and image.size != (width, height):
-                image = image.resize((width, height), Image.LANCZOS)
+            size = _target_size(image.size, width, height)
+            if image.size != size:
+                image = image.resize(size, Image.LANCZOS)
             images.append(image)
         return images
 
@@ -159,9 +189,9 @@ class StageWorker:
         masks = []
         for r in rows:
             mask = Image.fromarray(B.image_view(batch[B.MASK][r], batch[B.MASK_WIDTH][r], batch[B.MASK_HEIGHT][r], 1))
-            if width and height and mask.size != (width, height):
-                # Nearest keeps a binary mask binary.
-                mask = mask.resize((width, height), Image.NEAREST)
+            size = _target_size(mask.size, width, height)
+            if mask.size != size:
+                mask = mask.resize(size, Image.NEAREST)  # nearest keeps a binary mask binary
             masks.append(mask)
         return masks
 
@@ -174,6 +204,7 @@ class StageWorker:
         out_images = batch[B.IMAGE].copy()
         widths, heights = batch[B.WIDTH].copy(), batch[B.HEIGHT].copy()
         record = {
+            "ran": np.zeros(count, bool),
             "seed": np.zeros(count, np.int64),
             "steps": np.zeros(count, np.int64),
             "guidance_scale": np.full(count, np.nan),
@@ -181,6 +212,8 @@ class StageWorker:
             "width": np.zeros(count, np.int64),
             "height": np.zeros(count, np.int64),
             "seconds": np.full(count, np.nan),
+            "prompt_truncated": np.zeros(count, bool),
+            "nsfw": np.zeros(count, bool),
         }
 
         # 1. Rows this stage can run: not failed upstream, and valid for this kind.
@@ -193,23 +226,39 @@ class StageWorker:
                 status[row], errors[row] = B.FAILED, reason
             else:
                 runnable.append(row)
+        truncated = self._truncated(batch, runnable)
 
         # 2. One pipeline call per group of rows with equal parameters and input size.
         params = self._row_params(batch, count)
         for group in self._groups(batch, runnable, params):
+            rows = group.rows
+            record["ran"][rows] = True
+            record["seed"][rows] = [stage_seed(int(batch[B.SEED][r]), self.index) for r in rows]
+            record["steps"][rows] = group.steps
+            record["guidance_scale"][rows] = group.guidance_scale
+            record["strength"][rows] = group.strength
+            record["prompt_truncated"][rows] = [r in truncated for r in rows]
+            problem = self.group_error(group)
             started = time.perf_counter()
-            with torch.inference_mode():
-                pixels = self.generate(group)
-                # 3. NaN check and float -> uint8 on the device, before the copy to the host.
-                bad = torch.isnan(pixels).flatten(1).any(dim=1).cpu().numpy()
-                pixels = (pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            seconds = (time.perf_counter() - started) / len(group.rows)
-            for position, row in enumerate(group.rows):
-                record["seed"][row] = stage_seed(int(batch[B.SEED][row]), self.index)
-                record["steps"][row] = group.steps
-                record["guidance_scale"][row] = group.guidance_scale
-                record["strength"][row] = group.strength
+            if problem is None:
+                try:
+                    with torch.inference_mode():
+                        output = self.generate(group)
+                        pixels = output.images
+                        # 3. NaN check and float -> uint8 on the device, before the copy to the host.
+                        bad = torch.isnan(pixels).flatten(1).any(dim=1).cpu().numpy()
+                        pixels = (pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                except ValueError as error:  # diffusers refusing these inputs: these rows only
+                    problem = f"stages.{self.index} ({self.kind}): the pipeline refused the input: {error}"
+            if problem is not None:
+                status[rows] = B.FAILED
+                errors[rows] = problem
+                continue
+            seconds = (time.perf_counter() - started) / len(rows)
+            flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(rows)
+            for position, row in enumerate(rows):
                 record["seconds"][row] = seconds
+                record["nsfw"][row] = bool(flagged[position])
                 if bad[position]:
                     status[row] = B.FAILED
                     errors[row] = f"stages.{self.index} ({self.kind}): the model produced NaN pixels"

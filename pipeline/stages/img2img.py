@@ -20,4 +20,4 @@ class Img2ImgWorker(StageWorker):
             guidance_scale=group.guidance_scale,
             generator=group.generators,
             output_type="pt",
-        ).images
+        )

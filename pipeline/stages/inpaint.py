@@ -27,6 +27,7 @@ class InpaintWorker(StageWorker):
         return None
 
     def generate(self, group: Group):
+        # Inputs already sit at a multiple of 8 (see _target_size); the pipeline would refuse others.
         width, height = group.images[0].size
         return self.pipe(
             prompt=group.prompts,
@@ -40,4 +41,4 @@ class InpaintWorker(StageWorker):
             guidance_scale=group.guidance_scale,
             generator=group.generators,
             output_type="pt",
-        ).images
+        )

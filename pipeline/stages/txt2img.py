@@ -20,4 +20,4 @@ class Txt2ImgWorker(StageWorker):
             height=group.height or None,
             generator=group.generators,
             output_type="pt",
-        ).images
+        )

@@ -19,4 +19,4 @@ class UpscaleWorker(StageWorker):
             guidance_scale=group.guidance_scale,
             generator=group.generators,
             output_type="pt",
-        ).images
+        )
