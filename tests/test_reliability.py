@@ -1,0 +1,268 @@
+"""Resume without duplicates, per-row errors, faults survived, hostile input refused."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import half_mask, job, png_bytes, read_metadata, stage, write_table
+
+from pipeline.runner import run_job
+from pipeline.spec import SpecError, parse_spec
+
+pytestmark = pytest.mark.timeout(400)
+
+ROWS = 24
+
+
+def quiet(line):
+    pass
+
+
+def prompts_table(tmp_path):
+    return write_table(
+        tmp_path / "prompts.parquet",
+        {"id": [f"row-{i:02d}" for i in range(ROWS)], "prompt": [f"prompt number {i}" for i in range(ROWS)]},
+    )
+
+
+def slow_job(table, out, tiny):
+    # 12 chunks of 2 rows, each slow enough (20 steps, 64 px) to be interrupted mid-run
+    return job(
+        table,
+        str(out),
+        [stage("txt2img", tiny["txt2img"], steps=20, width=64, height=64)],
+        input={"path": table, "id_column": "id"},
+    )
+
+
+def metadata_files(out: Path) -> list[Path]:
+    return sorted((out / "metadata").glob("*.parquet")) if (out / "metadata").exists() else []
+
+
+def assert_same_as_clean(rows, clean_rows):
+    ids = [row["id"] for row in rows]
+    assert ids == sorted(set(ids)) == [row["id"] for row in clean_rows]  # each row exactly once
+    for row, clean in zip(rows, clean_rows):
+        assert row["status"] == "ok", row["error"]
+        assert row["sha256"] == clean["sha256"]
+        assert Path(row["image_uri"]).read_bytes() == Path(clean["image_uri"]).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def clean_run(ray_cluster, tiny, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("clean")
+    table = prompts_table(tmp)
+    summary = run_job(parse_spec(slow_job(table, tmp / "out", tiny)), log=quiet)
+    assert summary.rows_ok == ROWS
+    return table, read_metadata(str(tmp / "out"))
+
+
+def test_driver_sigkill_then_rerun_commits_each_row_once_with_clean_bytes(ray_cluster, tiny, tmp_path, clean_run):
+    table, clean_rows = clean_run
+    out = tmp_path / "out"
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(slow_job(table, out, tiny)))
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(tmp_path / "job.yaml")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 180
+    while not metadata_files(out) and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    committed_at_kill = len(metadata_files(out))
+    assert 0 < committed_at_kill < ROWS // 2, "the kill should land mid-run"
+    time.sleep(2)  # let the cluster reap the dead driver's tasks
+
+    summary = run_job(parse_spec(slow_job(table, out, tiny)), log=quiet)
+    assert summary.rows_skipped >= 2 * committed_at_kill - 2
+    assert summary.rows_skipped + summary.rows_ok == ROWS
+    assert_same_as_clean(read_metadata(str(out)), clean_rows)
+    assert len(list((out / "images").rglob("*.png"))) == ROWS
+
+    again = run_job(parse_spec(slow_job(table, out, tiny)), log=quiet)
+    assert (again.rows_ok, again.rows_skipped) == (0, ROWS)  # nothing left to do
+
+
+def _stage_actor_pids(marker: str) -> list[int]:
+    import psutil
+
+    pids = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if marker in cmdline and "MapWorker" in cmdline:
+            pids.append(process.info["pid"])
+    return pids
+
+
+def test_stage_actor_killed_mid_batch_is_restarted_and_the_job_completes(ray_cluster, tiny, tmp_path, clean_run):
+    table, clean_rows = clean_run
+    out = tmp_path / "out"
+    result = {}
+    runner = threading.Thread(
+        target=lambda: result.update(summary=run_job(parse_spec(slow_job(table, out, tiny)), log=quiet))
+    )
+    runner.start()
+    deadline = time.monotonic() + 180
+    while not metadata_files(out) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = _stage_actor_pids("Txt2ImgWorker")
+    assert pids, "no stage actor process found"
+    os.kill(pids[0], signal.SIGKILL)
+    runner.join(timeout=300)
+    assert not runner.is_alive()
+    assert result["summary"].rows_ok == ROWS
+    assert_same_as_clean(read_metadata(str(out)), clean_rows)
+
+
+def test_job_completes_through_injected_s3_faults(ray_cluster, tiny, s3, s3_endpoint, tmp_path):
+    from faultproxy import FaultProxy
+
+    bucket, options, fs = s3
+    prompts = [f"prompt {i}" for i in range(6)]
+    write_table(f"{bucket}/in/prompts.parquet", {"prompt": prompts}, options)
+    with FaultProxy(s3_endpoint, slowdown_every=4, reset_every=7) as proxy:
+        through_proxy = {"client_kwargs": {"endpoint_url": proxy.url}}
+        raw = job(f"{bucket}/in/prompts.parquet", f"{bucket}/out", [stage("txt2img", tiny["txt2img"])])
+        raw["storage_options"] = through_proxy
+        summary = run_job(parse_spec(raw), log=quiet)
+        faults = dict(proxy.faults)
+    assert faults["slowdown"] > 0 and faults["reset"] > 0, faults
+    assert (summary.rows_ok, summary.rows_failed) == (6, 0)
+    rows = read_metadata(f"{bucket}/out", options)
+    assert sorted(row["prompt"] for row in rows) == prompts
+    assert len(fs.find(f"{bucket}/out/images")) == 6
+
+
+def test_bad_rows_fail_alone_with_named_errors_and_retry_failed_reruns_only_them(ray_cluster, tiny, tmp_path):
+    (tmp_path / "ok.png").write_bytes(png_bytes())
+    long_prompt = "a very long prompt " * 40
+    table = write_table(
+        tmp_path / "t.parquet",
+        {
+            "id": ["good", "long", "empty", "garbage", "missing", "mask", "bomb", "steps"],
+            "prompt": ["fine", long_prompt, "  ", "x", "x", "x", "x", "x"],
+            "image": [png_bytes(), png_bytes(), png_bytes(), b"\x89PNG garbage", "nowhere.png", png_bytes(),
+                      png_bytes(size=(64, 64)), png_bytes()],
+            "mask": [half_mask()] * 5 + [half_mask(size=(16, 16)), half_mask(), half_mask()],
+            "steps": [None] * 7 + [0],
+        },
+    )
+    raw = job(table, str(tmp_path / "out"), [stage("inpaint", tiny["inpaint"])],
+              input={"path": table, "id_column": "id", "max_image_pixels": 32 * 32})
+    summary = run_job(parse_spec(raw), log=quiet)
+    assert (summary.rows_ok, summary.rows_failed) == (2, 6)
+    rows = {row["id"]: row for row in read_metadata(str(tmp_path / "out"))}
+    assert rows["good"]["status"] == rows["long"]["status"] == "ok"
+    assert rows["long"]["stages"][0]["prompt_truncated"] is True
+    assert rows["good"]["stages"][0]["prompt_truncated"] is False
+    expected = {
+        "empty": "prompt: the prompt is empty",
+        "garbage": "image: cannot decode the image",
+        "missing": "image: cannot fetch",
+        "mask": "mask: its size 16x16 differs",
+        "bomb": "image: cannot decode the image: 64x64 = 4096 pixels is over input.max_image_pixels (1024)",
+        "steps": "steps: 0 must be between 1 and 1000",
+    }
+    for row_id, message in expected.items():
+        assert rows[row_id]["status"] == "failed" and rows[row_id]["error"].startswith(message), rows[row_id]["error"]
+
+    # Fix two inputs, then --retry-failed: only failed rows run, none appears twice.
+    (tmp_path / "nowhere.png").write_bytes(png_bytes())
+    again = run_job(parse_spec(raw), log=quiet, retry_failed=True)
+    assert again.rows_skipped == 2 and again.rows_ok == 1 and again.rows_failed == 5
+    rows = read_metadata(str(tmp_path / "out"))
+    assert sorted(row["id"] for row in rows) == sorted([*expected, "good", "long"]) and len(rows) == 8
+    assert {row["id"]: row["status"] for row in rows}["missing"] == "ok"
+
+
+def test_nan_output_fails_the_row(ray_cluster, tiny, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "nan-model"
+    shutil.copytree(tiny["txt2img"], model)
+    weights = model / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state["decoder.conv_out.bias"] = torch.full_like(state["decoder.conv_out.bias"], float("nan"))
+    save_file(state, weights)
+    table = write_table(tmp_path / "t.parquet", {"prompt": ["a", "b"]})
+    summary = run_job(parse_spec(job(table, str(tmp_path / "out"), [stage("txt2img", str(model))])), log=quiet)
+    assert summary.rows_failed == 2
+    for row in read_metadata(str(tmp_path / "out")):
+        assert row["error"] == "stages.0 (txt2img): the model produced NaN pixels"
+        assert row["image_uri"] is None
+
+
+def test_hostile_ids_never_escape_the_output_prefix(ray_cluster, tiny, tmp_path):
+    hostile = ["../../escape", "/etc/passwd", "%2e%2e%2fx", "a\x00b", "..", "C:\\windows"]
+    table = write_table(tmp_path / "t.parquet", {"id": hostile, "prompt": ["p"] * len(hostile)})
+    out = tmp_path / "nested" / "out"
+    raw = job(table, str(out), [stage("txt2img", tiny["txt2img"])], input={"path": table, "id_column": "id"})
+    assert run_job(parse_spec(raw), log=quiet).rows_ok == len(hostile)
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".png"]
+    assert len(written) == len(hostile)
+    assert all(out / "images" in p.parents for p in written)
+    assert sorted(row["id"] for row in read_metadata(str(out))) == sorted(hostile)
+
+
+def test_pickle_model_folders_are_refused_unless_allowed(tiny, tmp_path):
+    import shutil
+
+    model = tmp_path / "pickled"
+    shutil.copytree(tiny["txt2img"], model)
+    (model / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not really a pickle")
+    table = write_table(tmp_path / "t.parquet", {"prompt": ["a"]})
+    raw = job(table, str(tmp_path / "out"), [stage("txt2img", str(model))])
+    with pytest.raises(SpecError, match=r"stages.0.model: .* holds pickle weights \(unet/diffusion_pytorch_model.bin\)"):
+        run_job(parse_spec(raw), log=quiet)
+    from pipeline.preflight import check_models
+
+    raw["stages"][0]["allow_pickle"] = True
+    check_models(parse_spec(raw))  # allowed explicitly: no error
+
+
+def test_duplicate_ids_and_invalid_chain_are_refused_before_any_work(tiny, tmp_path):
+    table = write_table(tmp_path / "t.parquet", {"id": ["a", "b", "a"], "prompt": ["x", "y", "z"]})
+    raw = job(table, str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"])], input={"path": table, "id_column": "id"})
+    with pytest.raises(SpecError, match=r"input.id_column: 1 ids appear more than once .* e.g. 'a'"):
+        run_job(parse_spec(raw), log=quiet)
+    bad = job(table, str(tmp_path / "out"), [stage("img2img", tiny["img2img"], steps=2, strength=0.2)])
+    with pytest.raises(SpecError, match=r"stages.0.strength: steps x strength = 2 x 0.2 leaves no denoising step"):
+        parse_spec(bad)
+    file_as_dir = tmp_path / "a-file"
+    file_as_dir.write_text("x")
+    raw = job(table, str(file_as_dir / "out"), [stage("txt2img", tiny["txt2img"])])
+    with pytest.raises(SpecError, match="output.path: cannot write"):
+        run_job(parse_spec(raw), log=quiet)
+
+
+def test_credentials_never_reach_logs_metadata_or_the_written_spec(tiny, s3, s3_endpoint, tmp_path):
+    bucket, options, fs = s3
+    secret = "SECRET-do-not-leak-9f3a"
+    write_table(f"{bucket}/in/p.parquet", {"prompt": ["a", "b"]}, options)
+    raw = job(f"{bucket}/in/p.parquet", f"{bucket}/out", [stage("txt2img", tiny["txt2img"])], storage_options=options)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(AWS_SECRET_ACCESS_KEY=secret, AWS_ACCESS_KEY_ID="AKIAEXAMPLELEAKCHECK")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", str(tmp_path / "job.yaml")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    everything = result.stdout + result.stderr
+    for path in fs.find(f"{bucket}/out"):
+        if not path.endswith(".png"):
+            everything += fs.cat_file(path).decode("latin-1")
+    assert secret not in everything and "AKIAEXAMPLELEAKCHECK" not in everything
