@@ -60,6 +60,14 @@ def cmd_tiny_model(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from benchmarks.harness import Workload, bench
+
+    work = Workload(rows=args.rows, batch_size=args.batch_size, steps=args.steps, image_format=args.format)
+    bench(work, out=args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.tiny_models import KINDS
 
@@ -81,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="tiny models + a prompt table, txt2img -> upscale on local Ray")
     demo.add_argument("out_dir")
     demo.set_defaults(func=cmd_demo)
+    bench = commands.add_parser("bench", help="benchmark: bare diffusers loop vs the full pipeline, one run")
+    bench.add_argument("--rows", type=int, default=256)
+    bench.add_argument("--batch-size", type=int, default=16)
+    bench.add_argument("--steps", type=int, default=8)
+    bench.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
+    bench.add_argument("--out", default=None, help="write the results as JSON here")
+    bench.set_defaults(func=cmd_bench)
     tiny = commands.add_parser("tiny-model", help="write a tiny random-weight diffusers model folder")
     tiny.add_argument("out_dir")
     tiny.add_argument("--kind", choices=KINDS, required=True)

@@ -49,7 +49,10 @@ def _reserve(total_cpus: float) -> float:
     return max(1.0, total_cpus / 8)
 
 
-def plan_resources(stages: list[StageSpec], total_cpus: float, total_gpus: float) -> Plan:
+def plan_resources(
+    stages: list[StageSpec], total_cpus: float, total_gpus: float, node_cpus: float | None = None
+) -> Plan:
+    """`node_cpus`: the CPUs of the largest node (default: all of them, one node)."""
     reserve = _reserve(total_cpus)
     budget = total_cpus - reserve
     if budget <= 0:
@@ -121,14 +124,18 @@ def plan_resources(stages: list[StageSpec], total_cpus: float, total_gpus: float
         index = max(candidates, key=lambda i: maxes[i] * cpus[i])
         maxes[index] -= 1
 
+    # 5. Torch threads. A GPU actor's CPU threads only feed the GPU: its share of CPUs. A
+    # CPU-only actor does the math itself: the node's cores split between the CPU actors
+    # that can share it (Ray's num_cpus is accounting; torch's threads are the real use,
+    # and the read/write tasks are light next to a denoising loop).
+    node = node_cpus or total_cpus
+    cpu_actors = sum(mx for mx, g in zip(maxes, gpus) if g == 0)
+    threads = [
+        max(1, math.floor(c)) if g > 0 else max(1, math.floor(node / max(1, min(cpu_actors, node))))
+        for c, g in zip(cpus, gpus)
+    ]
     plans = [
-        StagePlan(
-            cpus=c,
-            gpus=g,
-            min_replicas=m,
-            max_replicas=mx,
-            torch_threads=max(1, math.floor(c)),
-        )
-        for c, g, m, mx in zip(cpus, gpus, mins, maxes)
+        StagePlan(cpus=c, gpus=g, min_replicas=m, max_replicas=mx, torch_threads=t)
+        for c, g, m, mx, t in zip(cpus, gpus, mins, maxes, threads)
     ]
     return Plan(stages=plans, task_cpus=min(1.0, reserve), reserved_cpus=reserve)

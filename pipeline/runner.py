@@ -103,11 +103,12 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print, retry_failed: boo
             f"warning: output.path {spec.output.path} is local and the cluster has {len(nodes)} nodes: "
             "each node writes to its own disk unless the path is a shared mount; prefer s3://"
         )
-    plan = plan_resources(spec.stages, resources.get("CPU", 0), resources.get("GPU", 0))
+    node_cpus = max((node.get("Resources", {}).get("CPU", 0) for node in nodes), default=None)
+    plan = plan_resources(spec.stages, resources.get("CPU", 0), resources.get("GPU", 0), node_cpus)
     for index, stage_plan in enumerate(plan.stages):
         log(
             f"stage {index} {spec.stages[index].kind}: {stage_plan.min_replicas}-{stage_plan.max_replicas} "
-            f"replicas x {stage_plan.gpus:g} GPU, {stage_plan.cpus:g} CPU"
+            f"replicas x {stage_plan.gpus:g} GPU, {stage_plan.cpus:g} CPU, {stage_plan.torch_threads} torch threads"
         )
     context = ray.data.DataContext.get_current()
     # Fixed batch composition is what makes a rerun byte-identical (batched kernels may

@@ -9,6 +9,7 @@ message that names the column.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,7 @@ def _load_images(values: list[Any], source: RowSource, mode: str, role: str, err
 
 def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
     """pyarrow batch of input rows -> dict of canonical numpy columns."""
+    started = time.perf_counter()
     count = table.num_rows
     data = {name: table.column(name).to_pylist() for name in source.columns()}
     errors: list[str | None] = [None] * count
@@ -181,4 +183,5 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
 
     out[B.STATUS] = B.object_column([B.OK if e is None else B.FAILED for e in errors])
     out[B.ERROR] = B.object_column([e or "" for e in errors])
+    out[B.PREPARE_SECONDS] = np.full(count, (time.perf_counter() - started) / max(count, 1))
     return out

@@ -64,6 +64,8 @@ def metadata_schema():
             ("width", pa.int32()),
             ("height", pa.int32()),
             ("seconds", pa.float64()),
+            ("text_encode_seconds", pa.float64()),
+            ("vae_seconds", pa.float64()),
             ("device", pa.string()),
             ("prompt_truncated", pa.bool_()),
             ("nsfw", pa.bool_()),
@@ -85,8 +87,11 @@ def metadata_schema():
             ("format", pa.string()),
             ("bytes", pa.int64()),
             ("sha256", pa.string()),
+            ("prepare_seconds", pa.float64()),
             ("generation_seconds", pa.float64()),
+            ("encode_seconds", pa.float64()),
             ("write_seconds", pa.float64()),
+            ("committed_at", pa.float64()),
             ("stages", pa.list_(stage)),
         ]
     )
@@ -124,6 +129,8 @@ def _stage_records(batch: dict[str, np.ndarray], target: OutputTarget, row: int)
                 "width": value("width", int) if made else None,
                 "height": value("height", int) if made else None,
                 "seconds": value("seconds", float) if made else None,
+                "text_encode_seconds": value("text_encode_seconds", float) if made else None,
+                "vae_seconds": value("vae_seconds", float) if made else None,
                 "device": value("device"),
                 "prompt_truncated": bool(value("prompt_truncated")) if ran else None,
                 "nsfw": bool(value("nsfw")) if made else None,
@@ -160,8 +167,10 @@ def write_outputs(batch: dict[str, np.ndarray], target: OutputTarget):
         uris[row] = storage.join(target.path, key)
         sizes[row] = len(data)
         digests[row] = hashlib.sha256(data).hexdigest()
+    encoded = time.perf_counter()
     storage.write_many_atomic(fs, uploads)
-    write_seconds = (time.perf_counter() - started) / max(count, 1)
+    encode_seconds = (encoded - started) / count
+    write_seconds = (time.perf_counter() - encoded) / count
 
     # 2. The metadata rows, after their images exist.
     chain = ">".join(stage.kind for stage in target.stages)
@@ -188,9 +197,13 @@ def write_outputs(batch: dict[str, np.ndarray], target: OutputTarget):
         "format": [target.format if good else None for good in ok],
         "bytes": sizes,
         "sha256": digests,
+        "prepare_seconds": [float(p) for p in batch[B.PREPARE_SECONDS]],
         "generation_seconds": [float(g) for g in generation],
+        "encode_seconds": [encode_seconds] * count,
         "write_seconds": [write_seconds] * count,
         "stages": [_stage_records(batch, target, row) for row in range(count)],
+        # Unix time this chunk's metadata was written, i.e. when its rows were committed.
+        "committed_at": [time.time()] * count,
     }
     table = pa.Table.from_pydict(rows, schema=metadata_schema())
     buffer = io.BytesIO()

@@ -16,6 +16,7 @@ import numpy as np
 from pipeline import batch as B
 from pipeline.keys import stage_seed
 from pipeline.spec import StageSpec
+from pipeline.stages.timing import PartTimer
 
 
 @dataclass
@@ -93,6 +94,7 @@ class StageWorker:
         self.pipe = load_pipeline(
             self.kind, self.model, self.spec.dtype, self.device, self.spec.scheduler, self.spec.allow_pickle
         )
+        self.timer = PartTimer(self.pipe, self.device)
 
     # ------------------------------------------------------------ subclass hooks
 
@@ -212,6 +214,8 @@ class StageWorker:
             "width": np.zeros(count, np.int64),
             "height": np.zeros(count, np.int64),
             "seconds": np.full(count, np.nan),
+            "text_encode_seconds": np.full(count, np.nan),
+            "vae_seconds": np.full(count, np.nan),
             "prompt_truncated": np.zeros(count, bool),
             "nsfw": np.zeros(count, bool),
         }
@@ -239,6 +243,7 @@ class StageWorker:
             record["strength"][rows] = group.strength
             record["prompt_truncated"][rows] = [r in truncated for r in rows]
             problem = self.group_error(group)
+            self.timer.take()
             started = time.perf_counter()
             if problem is None:
                 try:
@@ -255,6 +260,9 @@ class StageWorker:
                 errors[rows] = problem
                 continue
             seconds = (time.perf_counter() - started) / len(rows)
+            parts = self.timer.take()
+            record["text_encode_seconds"][rows] = parts.get("text_encode", 0.0) / len(rows)
+            record["vae_seconds"][rows] = parts.get("vae", 0.0) / len(rows)
             flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(rows)
             for position, row in enumerate(rows):
                 record["seconds"][row] = seconds

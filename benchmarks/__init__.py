@@ -1,0 +1,1 @@
+"""The performance harness: `synth bench` (see benchmarks/harness.py)."""

@@ -1,0 +1,272 @@
+"""The benchmark: a bare diffusers loop and the full pipeline, measured in one run.
+
+    synth bench [--rows 256] [--out benchmarks/results/cpu.json]
+
+(a) bare loop: the same model, batch size, steps, cores and OpenMP setting as the stage
+    actor, `pipe(...)` in a Python loop under inference_mode, after a warm-up batch;
+(b) the full pipeline: read Parquet -> prepare -> stage actors -> encode + write, on a
+    local Ray started for it, timed from before `ray.init` (end to end) and between its
+    first and last committed chunk (steady state).
+E = (b) / (a). Also: time to first image, the per-image time split from the metadata,
+each stage actor's busy share, bytes spilled from the object store, peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Workload:
+    """The CPU profile: a tiny txt2img model, small images, guidance on."""
+
+    rows: int = 256
+    batch_size: int = 16
+    steps: int = 8
+    width: int = 64
+    height: int = 64
+    guidance_scale: float = 7.5
+    image_format: str = "png"
+
+
+@dataclass
+class Result:
+    workload: dict
+    machine: dict
+    bare_images_per_s: float = 0.0
+    pipeline_images_per_s_end_to_end: float = 0.0
+    pipeline_images_per_s_steady: float = 0.0
+    efficiency_end_to_end: float = 0.0
+    efficiency_steady: float = 0.0
+    time_to_first_image_s: float = 0.0
+    wall_s: float = 0.0
+    split_ms_per_image: dict = field(default_factory=dict)
+    actor_busy_share: list = field(default_factory=list)
+    spilled_bytes: int = 0
+    peak_rss_bytes: int = 0
+
+
+class PeakMemory:
+    """Peak resident memory of this process and all its descendants (Ray's raylet and
+    workers, for a local cluster), sampled every 0.2 s."""
+
+    def __init__(self):
+        import psutil
+
+        self._root = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            for process in [self._root, *self._root.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.2)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def prompts(count: int) -> list[str]:
+    colours = ["red", "green", "blue", "yellow", "orange", "purple"]
+    shapes = ["circle", "square", "triangle"]
+    return [f"a {colours[i % 6]} {shapes[i // 6 % 3]} on a {'white' if i % 2 else 'black'} background #{i}" for i in range(count)]
+
+
+def bare_loop_like_ray(model: str, work: Workload, threads: int) -> float:
+    """The bare loop in a fresh process with the OpenMP setting Ray gives a stage actor
+    (OMP_NUM_THREADS=1 for one CPU, torch threads set explicitly). Measured here: that
+    setting alone makes the same loop about 20% faster on this machine, so the baseline
+    must have it too, or E would credit the pipeline with an environment variable."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; from benchmarks.harness import Workload, bare_loop; "
+        f"print(json.dumps(bare_loop({model!r}, Workload(**{asdict(work)!r}), {threads})))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def bare_loop(model: str, work: Workload, threads: int) -> float:
+    """Images per second of diffusers alone, after one warm-up batch."""
+    import torch
+    from diffusers import AutoPipelineForText2Image
+
+    torch.set_num_threads(threads)
+    pipe = AutoPipelineForText2Image.from_pretrained(model, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    texts = prompts(work.rows)
+
+    def run(batch: list[str], first: int):
+        generators = [torch.Generator().manual_seed(first + i) for i in range(len(batch))]
+        # inference_mode, as the stage workers use: the baseline gets every trick they get
+        with torch.inference_mode():
+            pipe(batch, num_inference_steps=work.steps, guidance_scale=work.guidance_scale,
+                 width=work.width, height=work.height, generator=generators, output_type="np")
+
+    run(texts[: work.batch_size], 0)
+    started = time.perf_counter()
+    for first in range(0, work.rows, work.batch_size):
+        run(texts[first : first + work.batch_size], first)
+    return work.rows / (time.perf_counter() - started)
+
+
+def spilled_bytes() -> int:
+    import re
+
+    from ray._private.internal_api import memory_summary
+
+    text = memory_summary(stats_only=True)
+    match = re.search(r"Spilled (\d+) MiB", text)
+    return int(match.group(1)) * 2**20 if match else 0
+
+
+def steady_rate(table: list[dict]) -> float:
+    """Images/s once the pipeline is full: the least-squares slope of rows committed against
+    commit time (committed_at), over every chunk after the first. A slope uses every
+    commit, so one late or early chunk moves it less than a first-to-last window would, and
+    it sees writes when they happen, not when the driver's in-order iterator reports them."""
+    per_chunk: dict[float, int] = {}
+    for row in table:
+        per_chunk[row["committed_at"]] = per_chunk.get(row["committed_at"], 0) + 1
+    stamps = sorted(per_chunk)[1:]
+    if len(stamps) < 2:
+        return 0.0
+    cumulative, total = [], 0
+    for stamp in stamps:
+        total += per_chunk[stamp]
+        cumulative.append(total)
+    mean_t, mean_n = sum(stamps) / len(stamps), sum(cumulative) / len(cumulative)
+    spread = sum((t - mean_t) ** 2 for t in stamps)
+    return sum((t - mean_t) * (n - mean_n) for t, n in zip(stamps, cumulative)) / spread if spread else 0.0
+
+
+def read_metadata(output: str) -> list[dict]:
+    import pyarrow.dataset as pds
+
+    return pds.dataset(os.path.join(output, "metadata"), format="parquet").to_table().to_pylist()
+
+
+def split_from_metadata(table: list[dict], rows: int) -> tuple[dict, list[float]]:
+    """Milliseconds per image for each part, summed over every row's record."""
+    totals = {"prepare (read, decode)": 0.0, "text encode": 0.0, "denoise": 0.0, "vae": 0.0,
+              "image encode": 0.0, "write": 0.0}
+    stage_busy: dict[int, float] = {}
+    for row in table:
+        totals["prepare (read, decode)"] += row.get("prepare_seconds") or 0.0
+        totals["image encode"] += row["encode_seconds"] or 0.0
+        totals["write"] += row["write_seconds"] or 0.0
+        for stage in row["stages"]:
+            seconds = stage["seconds"] or 0.0
+            text, vae = stage["text_encode_seconds"] or 0.0, stage["vae_seconds"] or 0.0
+            totals["text encode"] += text
+            totals["vae"] += vae
+            totals["denoise"] += seconds - text - vae
+            stage_busy[stage["index"]] = stage_busy.get(stage["index"], 0.0) + seconds
+    split = {name: 1000 * value / rows for name, value in totals.items()}
+    return split, [stage_busy[i] for i in sorted(stage_busy)]
+
+
+def run_pipeline(model: str, work: Workload, root: Path) -> tuple:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from pipeline.runner import run_job
+    from pipeline.spec import parse_spec
+
+    pq.write_table(pa.table({"prompt": prompts(work.rows)}), root / "prompts.parquet")
+    spec = parse_spec(
+        {
+            "name": "bench",
+            "input": {"path": str(root / "prompts.parquet")},
+            "stages": [
+                {"kind": "txt2img", "model": model, "steps": work.steps, "guidance_scale": work.guidance_scale,
+                 "width": work.width, "height": work.height, "batch_size": work.batch_size}
+            ],
+            "output": {"path": str(root / "out"), "format": work.image_format},
+        }
+    )
+    started = time.perf_counter()
+    ray.init(include_dashboard=False, logging_level="ERROR")  # counted: part of end to end
+    summary = run_job(spec, log=lambda line: None)
+    wall = time.perf_counter() - started
+    spilled = spilled_bytes()
+    ray.shutdown()
+    return summary, wall, wall - summary.wall_seconds, spilled
+
+
+def bench(work: Workload, out: str | None = None, log=print) -> Result:
+    from pipeline.tiny_models import write_tiny_model
+
+    cores = os.cpu_count() or 1
+    result = Result(
+        workload=asdict(work),
+        machine={"cpus": cores, "platform": platform.platform(), "processor": platform.processor() or "unknown"},
+    )
+    with tempfile.TemporaryDirectory(prefix="synth-bench-") as tmp:
+        root = Path(tmp)
+        model = str(write_tiny_model(root / "model", "txt2img"))
+        log(f"bench: bare diffusers loop, {work.rows} images, batch {work.batch_size}, {cores} threads")
+        result.bare_images_per_s = bare_loop_like_ray(model, work, cores)
+        log(f"bench: full pipeline on a local Ray with {cores} CPUs")
+        with PeakMemory() as memory:
+            summary, wall, startup, spilled = run_pipeline(model, work, root)
+        result.peak_rss_bytes = memory.peak
+        result.spilled_bytes = spilled
+        result.wall_s = wall
+        result.time_to_first_image_s = startup + (summary.first_batch_seconds or 0.0)
+        result.pipeline_images_per_s_end_to_end = summary.rows_ok / wall
+        metadata = read_metadata(str(root / "out"))
+        result.pipeline_images_per_s_steady = steady_rate(metadata)
+        result.efficiency_end_to_end = result.pipeline_images_per_s_end_to_end / result.bare_images_per_s
+        result.efficiency_steady = result.pipeline_images_per_s_steady / result.bare_images_per_s
+        result.split_ms_per_image, busy = split_from_metadata(metadata, work.rows)
+        # busy seconds of the stage's actors over the job's wall time (1 actor per stage here)
+        result.actor_busy_share = [b / summary.wall_seconds for b in busy]
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(asdict(result), indent=2))
+    log(table(result))
+    return result
+
+
+def table(result: Result) -> str:
+    lines = [
+        f"{'bare diffusers loop':<34}{result.bare_images_per_s:8.2f} images/s",
+        f"{'pipeline, steady state':<34}{result.pipeline_images_per_s_steady:8.2f} images/s   "
+        f"E = {result.efficiency_steady:.2f}",
+        f"{'pipeline, end to end':<34}{result.pipeline_images_per_s_end_to_end:8.2f} images/s   "
+        f"E = {result.efficiency_end_to_end:.2f}",
+        f"{'time to first image':<34}{result.time_to_first_image_s:8.2f} s",
+        f"{'wall (incl. ray.init)':<34}{result.wall_s:8.2f} s",
+        f"{'stage actor busy share':<34}{', '.join(f'{b:.2f}' for b in result.actor_busy_share)}",
+        f"{'object store spilled':<34}{result.spilled_bytes / 2**20:8.1f} MiB",
+        f"{'peak memory (all processes)':<34}{result.peak_rss_bytes / 2**30:8.2f} GiB",
+        "time per image, by part (ms, summed over workers):",
+    ]
+    lines += [f"  {name:<32}{ms:8.2f}" for name, ms in result.split_ms_per_image.items()]
+    return "\n".join(lines)

@@ -1,0 +1,30 @@
+"""The benchmark runs from its command and reports every figure (no speed assertions:
+speed targets live in the benchmark's own output, not in tests)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def test_bench_command_writes_all_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "bench", "--rows", "32", "--batch-size", "8", "--steps", "2",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=380, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "E = " in result.stdout and "time to first image" in result.stdout
+    figures = json.loads(out.read_text())
+    for name in ("bare_images_per_s", "pipeline_images_per_s_end_to_end", "pipeline_images_per_s_steady",
+                 "time_to_first_image_s", "peak_rss_bytes"):
+        assert figures[name] > 0, name
+    assert 0 < figures["efficiency_end_to_end"] < figures["efficiency_steady"] * 1.5
+    assert figures["split_ms_per_image"]["denoise"] > 0
+    assert figures["spilled_bytes"] >= 0
