@@ -22,10 +22,6 @@ def output_target(spec: JobSpec) -> OutputTarget:
     )
 
 
-ACTOR_RESTARTS = 4
-ACTOR_TASK_RETRIES = 4
-
-
 def chunk_rows(spec: JobSpec) -> int:
     """Rows per chunk: the largest stage batch, so no stage batch spans two chunks."""
     return max(stage.batch_size for stage in spec.stages)
@@ -77,9 +73,8 @@ def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[lis
                 max_tasks_in_flight_per_actor=2,
             ),
             # A dead actor (preempted node, OOM kill) is restarted and its in-flight batches
-            # are retried on the pool; the chunk's composition is unchanged, so are its bytes.
-            max_restarts=ACTOR_RESTARTS,
-            max_task_retries=ACTOR_TASK_RETRIES,
+            # retried: Ray Data's actor pools default to unlimited restarts and task retries,
+            # and a retried chunk keeps its composition, so its bytes.
             **resources,
         )
     return ds.map_batches(
