@@ -25,8 +25,10 @@ from pathlib import Path
 
 @dataclass
 class Workload:
-    """The CPU profile: a tiny txt2img model, small images, guidance on."""
+    """tiny (the CPU profile): the project's tiny txt2img model at 64 px. sd15 / sdxl (the
+    GPU profiles): the full architectures with random weights at 512 / 1024 px."""
 
+    profile: str = "tiny"
     rows: int = 256
     batch_size: int = 16
     steps: int = 8
@@ -34,6 +36,8 @@ class Workload:
     height: int = 64
     guidance_scale: float = 7.5
     image_format: str = "png"
+    # dense bf16 TFLOP/s of the device, for share of peak (H100: about 790, shared/PERF.md)
+    peak_tflops: float = 790.0
 
 
 @dataclass
@@ -51,6 +55,9 @@ class Result:
     actor_busy_share: list = field(default_factory=list)
     spilled_bytes: int = 0
     peak_rss_bytes: int = 0
+    device: str = "cpu"
+    tflop_per_image: float | None = None
+    share_of_peak: float | None = None  # pipeline steady images/s x TFLOP/image / peak
 
 
 class PeakMemory:
@@ -115,8 +122,13 @@ def bare_loop(model: str, work: Workload, threads: int) -> float:
     import torch
     from diffusers import AutoPipelineForText2Image
 
+    from pipeline.models import torch_dtype
+
     torch.set_num_threads(threads)
-    pipe = AutoPipelineForText2Image.from_pretrained(model, use_safetensors=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe = AutoPipelineForText2Image.from_pretrained(
+        model, use_safetensors=True, dtype=torch_dtype("auto", device)
+    ).to(device)  # the stage workers' dtype rule: bf16 on CUDA, fp32 on CPU
     pipe.set_progress_bar_config(disable=True)
     texts = prompts(work.rows)
 
@@ -229,7 +241,14 @@ def bench(work: Workload, out: str | None = None, log=print) -> Result:
     )
     with tempfile.TemporaryDirectory(prefix="synth-bench-") as tmp:
         root = Path(tmp)
-        model = str(write_tiny_model(root / "model", "txt2img"))
+        if work.profile == "tiny":
+            model = str(write_tiny_model(root / "model", "txt2img"))
+        else:
+            from benchmarks.architectures import tflop_per_image, write_model
+
+            log(f"bench: building the {work.profile} architecture with random weights")
+            model = str(write_model(root / "model", work.profile))
+            result.tflop_per_image = tflop_per_image(work.profile, work.steps, work.guidance_scale)
         log(f"bench: bare diffusers loop, {work.rows} images, batch {work.batch_size}, {cores} threads")
         result.bare_images_per_s = bare_loop_like_ray(model, work, cores)
         log(f"bench: full pipeline on a local Ray with {cores} CPUs")
@@ -245,6 +264,9 @@ def bench(work: Workload, out: str | None = None, log=print) -> Result:
         result.efficiency_end_to_end = result.pipeline_images_per_s_end_to_end / result.bare_images_per_s
         result.efficiency_steady = result.pipeline_images_per_s_steady / result.bare_images_per_s
         result.split_ms_per_image, busy = split_from_metadata(metadata, work.rows)
+        result.device = metadata[0]["stages"][0]["device"] if metadata else "unknown"
+        if result.tflop_per_image:
+            result.share_of_peak = result.pipeline_images_per_s_steady * result.tflop_per_image / work.peak_tflops
         # busy seconds of the stage's actors over the job's wall time (1 actor per stage here)
         result.actor_busy_share = [b / summary.wall_seconds for b in busy]
     if out:
@@ -266,6 +288,12 @@ def table(result: Result) -> str:
         f"{'stage actor busy share':<34}{', '.join(f'{b:.2f}' for b in result.actor_busy_share)}",
         f"{'object store spilled':<34}{result.spilled_bytes / 2**20:8.1f} MiB",
         f"{'peak memory (all processes)':<34}{result.peak_rss_bytes / 2**30:8.2f} GiB",
+        f"{'device':<34}{result.device}",
+        *(
+            [f"{'share of peak':<34}{result.share_of_peak:8.1%}   ({result.tflop_per_image:.1f} TFLOP/image)"]
+            if result.share_of_peak is not None
+            else []
+        ),
         "time per image, by part (ms, summed over workers):",
     ]
     lines += [f"  {name:<32}{ms:8.2f}" for name, ms in result.split_ms_per_image.items()]

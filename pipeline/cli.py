@@ -63,7 +63,12 @@ def cmd_tiny_model(args) -> int:
 def cmd_bench(args) -> int:
     from benchmarks.harness import Workload, bench
 
-    work = Workload(rows=args.rows, batch_size=args.batch_size, steps=args.steps, image_format=args.format)
+    sizes = {"tiny": 64, "sd15": 512, "sdxl": 1024}
+    size = args.size or sizes[args.profile]
+    work = Workload(
+        profile=args.profile, rows=args.rows, batch_size=args.batch_size, steps=args.steps, width=size,
+        height=size, guidance_scale=args.guidance_scale, image_format=args.format, peak_tflops=args.peak_tflops,
+    )
     bench(work, out=args.out)
     return 0
 
@@ -90,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("out_dir")
     demo.set_defaults(func=cmd_demo)
     bench = commands.add_parser("bench", help="benchmark: bare diffusers loop vs the full pipeline, one run")
+    bench.add_argument("--profile", choices=["tiny", "sd15", "sdxl"], default="tiny",
+                       help="tiny: CPU profile; sd15/sdxl: full architectures, random weights (for a GPU)")
+    bench.add_argument("--size", type=int, default=None, help="image side in px (default: the profile's)")
+    bench.add_argument("--guidance-scale", type=float, default=7.5)
+    bench.add_argument("--peak-tflops", type=float, default=790.0, help="device peak, for share of peak")
     bench.add_argument("--rows", type=int, default=256)
     bench.add_argument("--batch-size", type=int, default=16)
     bench.add_argument("--steps", type=int, default=8)
