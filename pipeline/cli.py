@@ -27,11 +27,12 @@ def _run(spec, retry_failed: bool = False) -> int:
     for example in summary.errors:
         print(f"synth: failed row {example}", file=sys.stderr)
     print(f"synth: {summary.line()}", flush=True)
-    failed_share = summary.rows_failed / summary.rows if summary.rows else 0.0
-    if failed_share > spec.max_failed_fraction:
+    if summary.failed_share > spec.max_failed_fraction:
+        failed = summary.rows_failed + summary.skipped_failed
         print(
-            f"synth: {summary.rows_failed} of {summary.rows} rows failed ({failed_share:.1%}), above "
-            f"max_failed_fraction {spec.max_failed_fraction:.1%}; see the metadata's error column",
+            f"synth: {failed} of {summary.rows + summary.rows_skipped} committed rows failed "
+            f"({summary.failed_share:.1%}), above max_failed_fraction {spec.max_failed_fraction:.1%}; "
+            "see the metadata's error column, fix the inputs and run with --retry-failed",
             file=sys.stderr,
         )
         return 1

@@ -54,8 +54,12 @@ def model_source(model: str) -> str:
     return "hub"
 
 
-def _wanted(rel: str) -> bool:
-    return any(fnmatch(rel, p) for p in _ALLOW) and not any(fnmatch(rel, p) for p in _IGNORE)
+def _allow(allow_pickle: bool) -> list[str]:
+    return _ALLOW + [f"*/*{suffix}" for suffix in PICKLE_SUFFIXES] if allow_pickle else _ALLOW
+
+
+def _wanted(rel: str, allow_pickle: bool) -> bool:
+    return any(fnmatch(rel, p) for p in _allow(allow_pickle)) and not any(fnmatch(rel, p) for p in _IGNORE)
 
 
 def _fingerprint(entries: list[tuple[str, Any]]) -> str:
@@ -131,7 +135,7 @@ def _check_hub(model: str, revision: str | None) -> None:
         ) from None
 
 
-def _download_s3(model: str, storage_options: dict[str, Any] | None) -> ResolvedModel:
+def _download_s3(model: str, storage_options: dict[str, Any] | None, allow_pickle: bool) -> ResolvedModel:
     """Download an s3:// model once per node into the local cache, then reuse it.
 
     The cache key includes the objects' ETags, so a changed model is fetched again. Several
@@ -144,7 +148,7 @@ def _download_s3(model: str, storage_options: dict[str, Any] | None) -> Resolved
     listing = fs.find(inner, detail=True)
     if not listing:
         raise ModelError(f"no files under {model}")
-    wanted = {path: info for path, info in listing.items() if _wanted(path[len(inner) :].lstrip("/"))}
+    wanted = {path: info for path, info in listing.items() if _wanted(path[len(inner) :].lstrip("/"), allow_pickle)}
     entries = [(path[len(inner) :].lstrip("/"), info.get("size"), info.get("ETag", "")) for path, info in wanted.items()]
     revision = _fingerprint(entries)
     key = hashlib.sha256(model.encode()).hexdigest()[:16] + "-" + revision.split(":")[1]
@@ -165,10 +169,10 @@ def _download_s3(model: str, storage_options: dict[str, Any] | None) -> Resolved
     return ResolvedModel(model, str(target), revision)
 
 
-def _resolve_hub(model: str, revision: str | None) -> ResolvedModel:
+def _resolve_hub(model: str, revision: str | None, allow_pickle: bool) -> ResolvedModel:
     from huggingface_hub import snapshot_download
 
-    patterns = dict(allow_patterns=_ALLOW, ignore_patterns=_IGNORE)
+    patterns = dict(allow_patterns=_allow(allow_pickle), ignore_patterns=_IGNORE)
     try:
         path = snapshot_download(model, revision=revision, local_files_only=True, **patterns)
     except Exception:  # not cached: try the network once
@@ -183,13 +187,16 @@ def _resolve_hub(model: str, revision: str | None) -> ResolvedModel:
     return ResolvedModel(model, path, Path(path).name)
 
 
-def resolve_model(model: str, revision: str | None = None, storage_options: dict[str, Any] | None = None) -> ResolvedModel:
-    """Turn a spec's `model` into a local folder, downloading it if it is remote."""
+def resolve_model(
+    model: str, revision: str | None = None, storage_options: dict[str, Any] | None = None, allow_pickle: bool = False
+) -> ResolvedModel:
+    """Turn a spec's `model` into a local folder, downloading it if it is remote (without
+    pickle files unless allowed)."""
     source = model_source(model)
     if source == "s3":
-        return _download_s3(model, storage_options)
+        return _download_s3(model, storage_options, allow_pickle)
     if source == "hub":
-        return _resolve_hub(model, revision)
+        return _resolve_hub(model, revision, allow_pickle)
     folder = Path(model.removeprefix("file://")).expanduser().resolve()
     if not (folder / "model_index.json").is_file():
         raise ModelError(f"no diffusers model at {folder}: model_index.json not found there")
@@ -221,9 +228,9 @@ def load_pipeline(
         # The x4 upscaler has no AutoPipeline; its model_index.json names its class.
         "upscale": diffusers.DiffusionPipeline,
     }
-    if not allow_pickle:
-        folder = Path(resolved.path)
-        refuse_pickles([p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()], resolved.source)
+    # Pickles in user folders were refused in preflight; remote models arrive without them;
+    # a hub cache may still hold some from other downloads, which use_safetensors=True
+    # never opens.
     try:
         pipe = loaders[kind].from_pretrained(
             # None: prefer safetensors, fall back to pickles only where explicitly allowed.

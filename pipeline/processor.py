@@ -63,7 +63,10 @@ def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[lis
                 "storage_options": spec.storage_options,
                 "torch_threads": stage_plan.torch_threads,
             },
-            batch_size=stage.batch_size,
+            # One chunk per call; the worker slices it into batch_size groups itself. Ray Data
+            # bundles blocks until a batch is full, so this is exact because chunks are
+            # never short mid-stream (a rerun skips or redoes whole chunks, see ledger.py).
+            batch_size=chunk_rows(spec),
             batch_format="numpy",
             # One batch running and one queued per actor: enough to hide the hand-off, few
             # enough that a burst of blocks spreads over the pool instead of one actor's queue.

@@ -17,6 +17,7 @@ class RunSummary:
     rows_ok: int = 0
     rows_failed: int = 0
     rows_skipped: int = 0  # committed by an earlier run of the same output
+    skipped_failed: int = 0  # of those, rows committed as failed (not retried this run)
     wall_seconds: float = 0.0
     first_batch_seconds: float | None = None
     errors: list[str] = field(default_factory=list)  # a few examples, "id: message"
@@ -24,6 +25,13 @@ class RunSummary:
     @property
     def rows(self) -> int:
         return self.rows_ok + self.rows_failed
+
+    @property
+    def failed_share(self) -> float:
+        """Failed rows over all committed rows, this run's and earlier runs': a rerun that
+        finds nothing to do still reports the job's real outcome."""
+        total = self.rows + self.rows_skipped
+        return (self.rows_failed + self.skipped_failed) / total if total else 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -59,22 +67,23 @@ def write_resolved_spec(spec: JobSpec) -> None:
     storage.write_bytes_atomic(fs, storage.join(root, "job.json"), data)
 
 
-def rows_to_skip(spec: JobSpec, retry_failed: bool, log: Callable[[str], None]) -> frozenset[str]:
-    """Ids a previous run committed. With retry_failed, failed rows are first removed from
-    the metadata (so they can never appear twice) and run again."""
-    from pipeline.io.ledger import committed_rows, uncommit
+def rows_to_skip(spec: JobSpec, retry_failed: bool, log: Callable[[str], None]) -> dict[str, str]:
+    """Id -> status of the rows a previous run committed. With retry_failed, the chunks that
+    hold failed rows are first removed from the metadata (so no row can appear twice) and
+    run again whole."""
+    from pipeline.io.ledger import committed_rows, uncommit_chunks
 
     options = spec.output_storage_options()
     committed = committed_rows(spec.output.path, options)
     if retry_failed:
         failed = {row_id for row_id, status in committed.items() if status != "ok"}
         if failed:
-            uncommit(spec.output.path, options, failed)
-            log(f"retrying {len(failed)} failed rows")
-        committed = {row_id: status for row_id, status in committed.items() if row_id not in failed}
+            redo = uncommit_chunks(spec.output.path, options, failed)
+            log(f"retrying {len(failed)} failed rows ({len(redo)} rows in their chunks)")
+            committed = {row_id: status for row_id, status in committed.items() if row_id not in redo}
     if committed:
         log(f"resuming: {len(committed)} rows already committed in {spec.output.path}")
-    return frozenset(committed)
+    return committed
 
 
 def run_job(spec: JobSpec, log: Callable[[str], None] = print, retry_failed: bool = False) -> RunSummary:
@@ -118,6 +127,9 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print, retry_failed: boo
     # from the first batch, and a pool that cannot be placed fails with a timeout instead
     # of hanging.
     context.wait_for_min_actors_s = spec.actor_start_timeout_s
+    # Never split a block by size: a block is a chunk, the unit of commit (several 4K
+    # upscales pass the default 128 MiB). Chunks are small by construction (max batch_size).
+    context.target_max_block_size = None
 
     write_resolved_spec(spec)
     skip = rows_to_skip(spec, retry_failed, log)
@@ -128,14 +140,14 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print, retry_failed: boo
         id_column=spec.input.id_column,
         roles=roles,
         overrides=overrides,
-        skip_ids=skip,
+        skip_ids=frozenset(skip),
         max_image_pixels=spec.input.max_image_pixels,
         prompt_required=spec.stages[0].kind != "upscale",
     )
     dataset = build_dataset(spec, plan, source, preflight.override_owners(spec, overrides))
 
     # 3. Stream: each item is one written batch's id/status/error.
-    summary = RunSummary(rows_skipped=len(skip))
+    summary = RunSummary(rows_skipped=len(skip), skipped_failed=sum(1 for status in skip.values() if status != "ok"))
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         if summary.first_batch_seconds is None:
             summary.first_batch_seconds = time.perf_counter() - started

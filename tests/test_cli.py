@@ -42,9 +42,15 @@ def test_run_on_a_cluster_at_ray_address_with_overrides(ray_cluster, tiny, tmp_p
     # one undecodable image out of three is above the default max_failed_fraction of 0
     assert result.returncode == 1, result.stderr[-3000:]
     assert "2 rows ok, 1 failed" in result.stdout
-    assert "above max_failed_fraction" in result.stderr
+    assert "1 of 3 committed rows failed" in result.stderr and "above max_failed_fraction" in result.stderr
     rows = read_metadata(str(tmp_path / "out"))
     assert {row["stages"][0]["steps"] for row in rows if row["status"] == "ok"} == {2}
+
+    # a plain rerun has nothing left to do, and still reports the committed failure
+    result = synth("run", str(tmp_path / "job.yaml"), "--set", "stages.0.steps=2", env={"RAY_ADDRESS": address})
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "0 rows ok, 0 failed, 3 already done" in result.stdout
+    assert "1 of 3 committed rows failed" in result.stderr
 
     result = synth(
         "run", str(tmp_path / "job.yaml"), "--set", "stages.0.steps=2", "--set", "max_failed_fraction=0.5",

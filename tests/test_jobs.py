@@ -130,9 +130,10 @@ def test_row_seed_column_reproduces_a_seeded_diffusers_call(ray_cluster, tiny, t
 
 def test_each_actor_gets_its_own_gpu(ray_cluster, tiny, tmp_path):
     table = write_table(tmp_path / "t.parquet", {"prompt": [f"p{i}" for i in range(12)]})
-    # Batches slow enough (20 steps, 64 px) that blocks queue up, as real generation does;
-    # a 2-step tiny batch ends before the next block arrives and one actor would take all.
-    one_gpu_each = stage("txt2img", tiny["txt2img"], gpus=1, replicas={"min": 2, "max": 2}, steps=20, width=64, height=64)
+    # Batches slow enough (40 steps, 64 px, about 1 s) that blocks queue up, as in real
+    # generation: an actor holds at most 2, so the third block must go to the other one. A
+    # 2-step tiny batch would end before the next block arrived, and one actor take all.
+    one_gpu_each = stage("txt2img", tiny["txt2img"], gpus=1, replicas={"min": 2, "max": 2}, steps=40, width=64, height=64)
     spec = job(table, str(tmp_path / "out"), [one_gpu_each])
     _, rows = run(spec)
     devices = {row["stages"][0]["device"] for row in rows}

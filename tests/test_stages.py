@@ -160,3 +160,16 @@ def test_stage_without_input_image_fails_the_row(tiny, kind):
     worker = WORKERS[kind]({"kind": kind, "model": tiny[kind], "steps": 2})
     out = worker(batch)
     assert out[B.STATUS][0] == "failed" and "no input image" in out[B.ERROR][0]
+
+
+def test_string_uri_columns_with_an_earlier_row_error_do_not_crash(tmp_path):
+    (tmp_path / "a.png").write_bytes(png_bytes())
+    batch = prepared(
+        {"prompt": ["ok", "", "ok"], "image": [str(tmp_path / "a.png")] * 3, "steps": [2, 2, float("inf")]},
+        {"prompt": "prompt", "image": "image"},
+        overrides={"steps": "steps"},
+    )
+    assert list(batch[B.STATUS]) == ["ok", "failed", "failed"]
+    assert batch[B.ERROR][1] == "prompt: the prompt is empty"
+    assert batch[B.ERROR][2] == "steps: inf is not a finite number"
+    assert batch[B.WIDTH][0] == 32

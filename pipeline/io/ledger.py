@@ -34,35 +34,23 @@ def committed_rows(output_path: str, storage_options: dict[str, Any]) -> dict[st
     return rows
 
 
-def uncommit(output_path: str, storage_options: dict[str, Any], ids: set[str]) -> int:
-    """Remove these rows from the metadata (each file rewritten atomically, or deleted when
-    empty), so they can run again without ever appearing twice. Returns rows removed.
+def uncommit_chunks(output_path: str, storage_options: dict[str, Any], ids: set[str]) -> set[str]:
+    """Remove from the metadata every chunk (metadata file) that holds one of these rows, and
+    return the ids of all rows removed.
 
-    Used by --retry-failed before the rerun starts: if the run is killed in between, the rows
-    are merely missing, and the next run fills them in.
+    Used by --retry-failed before the rerun starts. Whole chunks, not single rows: a chunk
+    reruns with its original batch mates (so its other rows get the same bytes again, under
+    the same keys), and no short chunk ever shifts the batches of the chunks after it. If
+    the run is killed in between, those rows are merely missing and the next run fills them.
     """
-    import io
-
-    import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     fs, files = _metadata_files(output_path, storage_options)
-    removed = 0
-    wanted = pa.array(list(ids), type=pa.string())
+    removed: set[str] = set()
     for file in files:
         with fs.open(file, "rb") as handle:
-            table = pq.read_table(handle)
-        drop = pc.is_in(table.column("id"), value_set=wanted)
-        count = pc.sum(drop).as_py() or 0
-        if not count:
-            continue
-        kept = table.filter(pc.invert(drop))
-        if kept.num_rows:
-            buffer = io.BytesIO()
-            pq.write_table(kept, buffer)
-            storage.write_bytes_atomic(fs, file, buffer.getvalue())
-        else:
+            chunk_ids = set(pq.read_table(handle, columns=["id"]).column("id").to_pylist())
+        if chunk_ids & ids:
             fs.rm_file(file)
-        removed += count
+            removed |= chunk_ids
     return removed

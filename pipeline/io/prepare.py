@@ -55,6 +55,8 @@ def _check_override(param: str, value: Any) -> tuple[float, str | None]:
         return math.nan, f"{param}: {value!r} is not a number"
     if math.isnan(number):
         return math.nan, None
+    if math.isinf(number):
+        return math.nan, f"{param}: {value!r} is not a finite number"
     if param in ("steps", "width", "height") and number != int(number):
         return math.nan, f"{param}: {value!r} is not a whole number"
     problem = {
@@ -98,7 +100,7 @@ def _load_images(values: list[Any], source: RowSource, mode: str, role: str, err
     for i, data in zip(uri_rows, images.fetch_all(list(uris.values()), source.storage_options)):
         encoded[i] = data
     for i, value in enumerate(values):
-        if encoded[i] is None and value is not None and i not in uris:
+        if encoded[i] is None and value is not None and i not in uris and errors[i] is None:
             encoded[i] = bytes(value)
     raws, widths, heights = [b""] * count, np.zeros(count, np.int64), np.zeros(count, np.int64)
     for i, data in enumerate(encoded):

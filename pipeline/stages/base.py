@@ -90,7 +90,7 @@ class StageWorker:
         self.device_label = _device_label(self.device)
 
         # 2. The model, once per actor.
-        self.model = resolve_model(self.spec.model, self.spec.revision, storage_options)
+        self.model = resolve_model(self.spec.model, self.spec.revision, storage_options, self.spec.allow_pickle)
         self.pipe = load_pipeline(
             self.kind, self.model, self.spec.dtype, self.device, self.spec.scheduler, self.spec.allow_pickle
         )
@@ -154,7 +154,10 @@ class StageWorker:
             key = tuple(float(column[row]) for column in columns)
             key += (int(batch[B.WIDTH][row]), int(batch[B.HEIGHT][row]))
             keyed.setdefault(key, []).append(row)
-        for (steps, guidance, strength, width, height, _, _), members in keyed.items():
+        size = self.spec.batch_size
+        # Groups of at most batch_size rows, in row order: fixed for a given chunk.
+        sliced = [(key, members[i : i + size]) for key, members in keyed.items() for i in range(0, len(members), size)]
+        for (steps, guidance, strength, width, height, _, _), members in sliced:
             negatives = [batch[B.NEGATIVE_PROMPT][r] or self.spec.negative_prompt or "" for r in members]
             yield Group(
                 rows=members,
