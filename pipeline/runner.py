@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pipeline import storage
-from pipeline.spec import JobSpec, resolved_dict
+from pipeline.spec import JobSpec, SpecError, resolved_dict
 
 
 @dataclass
@@ -61,6 +61,44 @@ def connect_ray() -> None:
         ray.init()
 
 
+# Fields that decide what a row's image is. Resources, timeouts and storage options may
+# change between a run and its resume; these may not, or one output would mix two jobs.
+_OUTPUT_DEFINING = ("seed", "input.path", "input.id_column", "input.columns", "output.format", "output.quality",
+                    "output.png_compress_level")
+_STAGE_RESOURCES = ("replicas", "gpus", "cpus")
+
+
+def _defining(data: dict) -> dict:
+    picked = {}
+    for dotted in _OUTPUT_DEFINING:
+        node = data
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        picked[dotted] = node
+    for index, stage in enumerate(data.get("stages", [])):
+        for key, value in stage.items():
+            if key not in _STAGE_RESOURCES:
+                picked[f"stages.{index}.{key}"] = value
+    return picked
+
+
+def check_same_job(spec: JobSpec) -> None:
+    """Refuse to resume into an output that a different spec wrote (its job.json)."""
+    fs, root = storage.filesystem(spec.output.path, spec.output_storage_options())
+    path = storage.join(root, "job.json")
+    if not fs.exists(path):
+        return
+    before = _defining(json.loads(fs.cat_file(path)))
+    now = _defining(resolved_dict(spec))
+    changed = [key for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+    if changed:
+        detail = "; ".join(f"{key} was {before.get(key)!r}, is now {now.get(key)!r}" for key in changed[:3])
+        raise SpecError(
+            f"output.path: {spec.output.path} holds the results of a different job ({detail}). "
+            f"Use a new output path, or delete {spec.output.path}/job.json to mix them on purpose"
+        )
+
+
 def write_resolved_spec(spec: JobSpec) -> None:
     fs, root = storage.filesystem(spec.output.path, spec.output_storage_options())
     data = json.dumps(resolved_dict(spec), indent=2).encode()
@@ -102,6 +140,7 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print, retry_failed: boo
     roles, overrides = preflight.check_input(spec)
     preflight.check_models(spec)
     preflight.check_output(spec)
+    check_same_job(spec)
 
     # 2. The cluster and a plan that fits it.
     connect_ray()

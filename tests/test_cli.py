@@ -58,6 +58,11 @@ def test_run_on_a_cluster_at_ray_address_with_overrides(ray_cluster, tiny, tmp_p
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
+    # resuming with other generation parameters would mix two jobs in one output: refused
+    result = synth("run", str(tmp_path / "job.yaml"), "--set", "stages.0.steps=3", env={"RAY_ADDRESS": address})
+    assert result.returncode == 2
+    assert "holds the results of a different job (stages.0.steps was 2, is now 3)" in result.stderr
+
 
 def test_run_with_missing_input_exits_2_naming_the_field(tmp_path, tiny):
     spec = job(str(tmp_path / "nothing.parquet"), str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"])])
