@@ -172,33 +172,24 @@ class StageWorker:
                 strength=strength if strength >= 0 else float("nan"),
                 width=int(width),
                 height=int(height),
-                images=self._input_images(batch, members, int(width), int(height)) if self.needs_image else None,
-                masks=self._input_masks(batch, members, int(width), int(height)) if self.needs_mask else None,
+                images=self._inputs(batch, members, int(width), int(height)) if self.needs_image else None,
+                masks=self._inputs(batch, members, int(width), int(height), mask=True) if self.needs_mask else None,
             )
 
-    def _input_images(self, batch, rows: list[int], width: int, height: int) -> list[Any]:
+    def _inputs(self, batch, rows: list[int], width: int, height: int, mask: bool = False) -> list[Any]:
+        """PIL inputs for these rows, resized to the stage's size (see _target_size): RGB
+        images with Lanczos, or L masks with nearest, which keeps a binary mask binary."""
         from PIL import Image
 
-        images = []
+        columns = (B.MASK, B.MASK_WIDTH, B.MASK_HEIGHT) if mask else (B.IMAGE, B.WIDTH, B.HEIGHT)
+        channels, resample = (1, Image.NEAREST) if mask else (3, Image.LANCZOS)
+        inputs = []
         for r in rows:
-            image = Image.fromarray(B.image_view(batch[B.IMAGE][r], batch[B.WIDTH][r], batch[B.HEIGHT][r]))
-            size = _target_size(image.size, width, height)
-            if image.size != size:
-                image = image.resize(size, Image.LANCZOS)
-            images.append(image)
-        return images
-
-    def _input_masks(self, batch, rows: list[int], width: int, height: int) -> list[Any]:
-        from PIL import Image
-
-        masks = []
-        for r in rows:
-            mask = Image.fromarray(B.image_view(batch[B.MASK][r], batch[B.MASK_WIDTH][r], batch[B.MASK_HEIGHT][r], 1))
-            size = _target_size(mask.size, width, height)
-            if mask.size != size:
-                mask = mask.resize(size, Image.NEAREST)  # nearest keeps a binary mask binary
-            masks.append(mask)
-        return masks
+            pixels, w, h = (batch[column][r] for column in columns)
+            item = Image.fromarray(B.image_view(pixels, w, h, channels))
+            size = _target_size(item.size, width, height)
+            inputs.append(item.resize(size, resample) if item.size != size else item)
+        return inputs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
