@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import uuid
 
+from pipeline import batch as B
 from pipeline import storage
 from pipeline.io.reader import input_schema
 from pipeline.models import ModelError, check_model_source, model_source
 from pipeline.spec import JobSpec, SpecError
 
-OVERRIDE_PARAMS = ("seed", "steps", "guidance_scale", "strength", "width", "height")
+# The row's seed plus the per-row generation overrides that pipeline/batch.py carries.
+OVERRIDE_PARAMS = ("seed", *B.OVERRIDES)
 
 
 def absolute_paths(spec: JobSpec) -> JobSpec:
