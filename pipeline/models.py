@@ -40,8 +40,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("SYNTH_CACHE", Path.home() / ".cache" / "synth"))
 
 
+# Models that ship inside the package, named "synth:<name>" (a colon never appears in hub ids).
+BUILTIN_MODELS = {"synth:shapes": Path(__file__).parent / "shapes" / "model"}
+
+
+def builtin_folder(model: str) -> Path:
+    folder = BUILTIN_MODELS.get(model)
+    if folder is None:
+        raise ModelError(f"unknown built-in model {model!r}; built in: {', '.join(BUILTIN_MODELS)}")
+    if not (folder / "model_index.json").is_file():
+        raise ModelError(f"built-in model {model!r} is missing from {folder}; retrain it with `synth train-tiny {folder}`")
+    return folder
+
+
 def model_source(model: str) -> str:
-    """"s3", "local" or "hub": the one place that decides where a spec's `model` lives.
+    """"s3", "local", "builtin" or "hub": the one place that decides where a spec's `model` lives.
 
     A local folder is an absolute or ./-relative path, or a relative path that exists here
     (the driver makes it absolute before workers see it); anything else without a URI
@@ -49,6 +62,8 @@ def model_source(model: str) -> str:
     """
     if model.startswith("s3://"):
         return "s3"
+    if model.startswith("synth:"):
+        return "builtin"
     if model.startswith(("/", ".", "~", "file://")) or Path(model).exists():
         return "local"
     return "hub"
@@ -111,6 +126,8 @@ def check_model_source(
             raise ModelError(f"no diffusers model at {folder}: model_index.json not found there")
         if not allow_pickle:
             refuse_pickles([p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()], str(folder))
+    elif source == "builtin":
+        builtin_folder(model)
     else:
         _check_hub(model, revision)
 
@@ -197,6 +214,9 @@ def resolve_model(
         return _download_s3(model, storage_options, allow_pickle)
     if source == "hub":
         return _resolve_hub(model, revision, allow_pickle)
+    if source == "builtin":
+        folder = builtin_folder(model)
+        return ResolvedModel(model, str(folder), _local_fingerprint(folder))
     folder = Path(model.removeprefix("file://")).expanduser().resolve()
     if not (folder / "model_index.json").is_file():
         raise ModelError(f"no diffusers model at {folder}: model_index.json not found there")

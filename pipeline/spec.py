@@ -157,7 +157,10 @@ class Replicas(_Strict):
 
 class StageSpec(_Strict):
     kind: StageKind
-    model: str = Field(description="A Hugging Face repo id, a local diffusers folder, or an s3:// prefix holding one.")
+    model: str = Field(
+        description="A Hugging Face repo id, a local diffusers folder, an s3:// prefix holding one, or a model "
+        "built into synth: synth:shapes (32 px coloured shapes; txt2img, img2img and inpaint)."
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a hub model id.")
     steps: int | None = Field(None, ge=1, le=1000, description="Denoising steps; cost grows linearly.")
     guidance_scale: float | None = Field(
