@@ -185,12 +185,13 @@ def read_metadata(output: str) -> list[dict]:
 def split_from_metadata(table: list[dict], rows: int) -> tuple[dict, list[float]]:
     """Milliseconds per image for each part, summed over every row's record."""
     totals = {"prepare (read, decode)": 0.0, "text encode": 0.0, "denoise": 0.0, "vae": 0.0,
-              "image encode": 0.0, "write": 0.0}
+              "image encode": 0.0, "write": 0.0, "waiting in queues": 0.0}
     stage_busy: dict[int, float] = {}
     for row in table:
         totals["prepare (read, decode)"] += row.get("prepare_seconds") or 0.0
         totals["image encode"] += row["encode_seconds"] or 0.0
         totals["write"] += row["write_seconds"] or 0.0
+        totals["waiting in queues"] += row.get("queue_seconds") or 0.0
         for stage in row["stages"]:
             seconds = stage["seconds"] or 0.0
             text, vae = stage["text_encode_seconds"] or 0.0, stage["vae_seconds"] or 0.0

@@ -13,6 +13,8 @@ floats (NaN) in numpy batches, which would reach the tokenizer as a non-string.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 ID = "id"
@@ -26,6 +28,11 @@ MASK_WIDTH = "mask_width"
 MASK_HEIGHT = "mask_height"
 SEED = "seed"
 PREPARE_SECONDS = "prepare_seconds"
+# When the last step let go of the chunk (wall clock, time.time()), and each row's share of
+# the time its chunk has waited in Ray Data's queues since prepare: a step that receives
+# the chunk adds now - HANDOFF_AT. Clocks of different nodes may differ by milliseconds.
+HANDOFF_AT = "handoff_at"
+QUEUE_SECONDS = "queue_seconds"
 STATUS = "status"
 ERROR = "error"
 OK, FAILED = "ok", "failed"
@@ -33,6 +40,20 @@ OK, FAILED = "ok", "failed"
 # Per-row overrides read from the input table, each applied by the first stage that takes
 # the parameter. float64 with NaN for "not set" keeps the column type fixed.
 OVERRIDES = ("steps", "guidance_scale", "strength", "width", "height")
+
+
+def queued(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """QUEUE_SECONDS including the wait that ends now (zeros for a batch from outside Ray Data)."""
+    count = len(batch[ID])
+    if HANDOFF_AT not in batch or not count:
+        return np.zeros(count)
+    # Per row: a batch may join rows from blocks that were handed off at different times.
+    waited = np.maximum(0.0, time.time() - batch[HANDOFF_AT].astype(np.float64))
+    return batch.get(QUEUE_SECONDS, np.zeros(count)) + waited / count
+
+
+def handed_off(count: int) -> np.ndarray:
+    return np.full(count, time.time())
 
 
 def override_column(param: str) -> str:

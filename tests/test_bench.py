@@ -29,6 +29,7 @@ def test_bench_command_writes_all_figures(tmp_path):
     # chunks can land together, so only its presence is checked here
     assert figures["pipeline_images_per_s_steady"] >= 0 and "efficiency_steady" in figures
     assert set(figures["split_ms_per_image"]) >= {"prepare (read, decode)", "text encode", "denoise", "vae",
-                                                  "image encode", "write"}
+                                                  "image encode", "write", "waiting in queues"}
+    assert figures["split_ms_per_image"]["waiting in queues"] >= 0
     assert figures["split_ms_per_image"]["denoise"] > 0
     assert figures["spilled_bytes"] >= 0

@@ -79,6 +79,8 @@ def test_two_stage_chain_on_two_cpus_completes(ray_cluster, tiny, tmp_path):
     assert rows[0]["stage_chain"] == "txt2img>upscale"
     assert [s["kind"] for s in rows[0]["stages"]] == ["txt2img", "upscale"]
     assert rows[0]["stages"][1]["seed"] != rows[0]["stages"][0]["seed"] == rows[0]["seed"]
+    # Waiting between steps is measured: never negative, and never more than the job took.
+    assert all(0 <= row["queue_seconds"] < summary.wall_seconds for row in rows)
 
 
 def test_txt2img_then_inpaint_with_mask_from_the_table(ray_cluster, tiny, tmp_path):

@@ -31,3 +31,24 @@ def test_seeds_are_derived_deterministically():
     assert 0 <= derive_seed(7, "row") < 2**63
     assert stage_seed(42, 0) == 42
     assert stage_seed(42, 1) != 42
+
+
+def test_queue_wait_accumulates_per_row_and_tolerates_batches_from_outside_ray_data():
+    import time
+
+    import numpy as np
+
+    from pipeline import batch as B
+
+    # A batch from outside Ray Data (a plain worker call) has no timing columns: no wait.
+    assert B.queued({B.ID: np.array(["a", "b"])}).tolist() == [0.0, 0.0]
+    assert B.queued({B.ID: np.array([])}).tolist() == []
+    # Two rows handed off 4 s and 2 s ago, 1 s already queued each: each row's share of its
+    # chunk's wait grows by its own wait / rows.
+    now = time.time()
+    batch = {B.ID: np.array(["a", "b"]), B.HANDOFF_AT: np.array([now - 4, now - 2]), B.QUEUE_SECONDS: np.ones(2)}
+    first, second = B.queued(batch)
+    assert 2.9 < first < 3.2 and 1.9 < second < 2.2
+    # A clock behind the sender's (another node) never makes a negative wait.
+    batch[B.HANDOFF_AT] = np.array([now + 60, now + 60])
+    assert B.queued(batch).tolist() == [1.0, 1.0]

@@ -186,4 +186,6 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
     out[B.STATUS] = B.object_column([B.OK if e is None else B.FAILED for e in errors])
     out[B.ERROR] = B.object_column([e or "" for e in errors])
     out[B.PREPARE_SECONDS] = np.full(count, (time.perf_counter() - started) / max(count, 1))
+    out[B.QUEUE_SECONDS] = np.zeros(count)
+    out[B.HANDOFF_AT] = B.handed_off(count)
     return out

@@ -91,6 +91,7 @@ def metadata_schema():
             ("generation_seconds", pa.float64()),
             ("encode_seconds", pa.float64()),
             ("write_seconds", pa.float64()),
+            ("queue_seconds", pa.float64()),
             ("committed_at", pa.float64()),
             ("stages", pa.list_(stage)),
         ]
@@ -148,6 +149,7 @@ def write_outputs(batch: dict[str, np.ndarray], target: OutputTarget):
     count = len(batch[B.ID])
     if not count:  # every row of the chunk was committed by an earlier run
         return metadata_schema().empty_table().select(["id", "status", "error"])
+    queue_seconds = B.queued(batch)
     fs, root = storage.filesystem(target.path, target.storage_options)
     status = batch[B.STATUS].copy()
     errors = batch[B.ERROR].copy()
@@ -201,6 +203,7 @@ def write_outputs(batch: dict[str, np.ndarray], target: OutputTarget):
         "generation_seconds": [float(g) for g in generation],
         "encode_seconds": [encode_seconds] * count,
         "write_seconds": [write_seconds] * count,
+        "queue_seconds": [float(q) for q in queue_seconds],
         "stages": [_stage_records(batch, target, row) for row in range(count)],
         # Unix time this chunk's metadata was written, i.e. when its rows were committed.
         "committed_at": [time.time()] * count,

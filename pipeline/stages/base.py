@@ -195,6 +195,7 @@ class StageWorker:
         import torch
 
         count = len(batch[B.ID])
+        queue_seconds = B.queued(batch)
         status = batch[B.STATUS].copy()
         errors = batch[B.ERROR].copy()
         out_images = batch[B.IMAGE].copy()
@@ -275,4 +276,5 @@ class StageWorker:
             result[B.stage_column(self.index, field)] = values
         result[B.stage_column(self.index, "device")] = B.object_column([self.device_label] * count)
         result[B.stage_column(self.index, "model_revision")] = B.object_column([self.model.revision] * count)
+        result[B.QUEUE_SECONDS], result[B.HANDOFF_AT] = queue_seconds, B.handed_off(count)
         return result
