@@ -44,12 +44,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from pipeline.demo import prepare_demo
+    from pipeline.demo import prepare_demo, write_grid
 
     spec = prepare_demo(args.out_dir)
     code = _run(spec)
     out = spec.output.path
+    grid = write_grid(out, f"{args.out_dir}/grid.png")
     print(f"synth: images in {out}/images/, metadata in {out}/metadata/, the job spec in {out}/job.json")
+    print(f"synth: all 36 prompts on one sheet (a row per colour): {grid}")
     return code
 
 
@@ -59,6 +61,44 @@ def cmd_tiny_model(args) -> int:
     path = write_tiny_model(args.out_dir, args.kind)
     print(f"synth: tiny random-weight {args.kind} model written to {path}")
     return 0
+
+
+def cmd_train_tiny(args) -> int:
+    from pipeline.shapes.train import TrainConfig, train
+
+    config = TrainConfig(seed=args.seed)
+    for name in ("vae_steps", "unet_steps", "threads"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    train(args.out_dir, config, log=lambda line: print(f"synth: {line}", flush=True))
+    return 0
+
+
+def cmd_eval_tiny(args) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.shapes.evaluate import Evaluation, format_table
+    from pipeline.shapes.train import write_untrained
+
+    def log(line: str) -> None:
+        if args.verbose:
+            print(f"synth: {line}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="synth-eval-") as tmp:
+        work = Path(args.work_dir or tmp)
+        columns = {}
+        print(f"synth: evaluating {args.model} ({args.samples} samples per combination)...", flush=True)
+        columns[args.model] = Evaluation(args.model, work / "model", args.samples, log=log).all()
+        if not args.no_baseline:
+            print("synth: evaluating the same architecture with random weights...", flush=True)
+            baseline = write_untrained(work / "untrained-model")
+            columns["random weights"] = Evaluation(str(baseline), work / "untrained", args.samples, log=log).all()
+    print(format_table(columns))
+    model_passes = all(result.passed for result in columns[args.model])
+    # A check that random weights pass proves nothing: that is a failure of the checks.
+    baseline_fails = all(not result.passed for result in columns.get("random weights", []))
+    return 0 if model_passes and baseline_fails else 1
 
 
 def cmd_bench(args) -> int:
@@ -92,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="also rerun the rows that failed last time")
     run.set_defaults(func=cmd_run)
     with_spec("validate", "print the resolved job spec, or name the invalid field").set_defaults(func=cmd_validate)
-    demo = commands.add_parser("demo", help="tiny models + a prompt table, txt2img -> upscale on local Ray")
+    demo = commands.add_parser("demo", help="the built-in shapes model draws 36 prompts on local Ray")
     demo.add_argument("out_dir")
     demo.set_defaults(func=cmd_demo)
     bench = commands.add_parser("bench", help="benchmark: bare diffusers loop vs the full pipeline, one run")
@@ -107,6 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
     bench.add_argument("--out", default=None, help="write the results as JSON here")
     bench.set_defaults(func=cmd_bench)
+    train = commands.add_parser("train-tiny", help="train the built-in shapes model (about 40 min on 2 CPU cores)")
+    train.add_argument("out_dir")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--vae-steps", type=int, default=None, help="default: 1500")
+    train.add_argument("--unet-steps", type=int, default=None, help="default: 6000")
+    train.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    train.set_defaults(func=cmd_train_tiny)
+    evaluate = commands.add_parser("eval-tiny", help="semantic checks of a shapes model through the pipeline")
+    evaluate.add_argument("--model", default="synth:shapes")
+    evaluate.add_argument("--samples", type=int, default=2, choices=range(1, 101), metavar="1..100",
+                          help="samples per colour-shape-background (36 of them)")
+    evaluate.add_argument("--no-baseline", action="store_true", help="skip the random-weight baseline column")
+    evaluate.add_argument("--work-dir", default=None, help="keep the jobs' inputs and outputs here")
+    evaluate.add_argument("--verbose", action="store_true", help="print the jobs' progress")
+    evaluate.set_defaults(func=cmd_eval_tiny)
     tiny = commands.add_parser("tiny-model", help="write a tiny random-weight diffusers model folder")
     tiny.add_argument("out_dir")
     tiny.add_argument("--kind", choices=KINDS, required=True)

@@ -1,4 +1,4 @@
-"""`synth demo`: tiny models, a prompt table and a txt2img -> upscale job, run on local Ray."""
+"""`synth demo`: the built-in shapes model draws every colour, shape and background on local Ray."""
 
 from __future__ import annotations
 
@@ -6,31 +6,26 @@ from pathlib import Path
 
 from pipeline.spec import JobSpec, parse_spec
 
-DEMO_PROMPTS = [
-    f"a {colour} {shape} on a {background} background"
-    for colour in ("red", "green", "blue", "yellow")
-    for shape in ("circle", "square")
-    for background in ("white", "black")
-]
+# One prompt per colour, shape and background: 36, the held-out pairs included.
+GRID_COLUMNS = [(shape, background) for background in ("white", "black") for shape in ("circle", "square", "triangle")]
+
+
+def demo_prompts() -> list[str]:
+    from pipeline.shapes.dataset import COLOURS, Scene
+
+    return [Scene(colour, shape, background).caption for colour in COLOURS for shape, background in GRID_COLUMNS]
 
 
 def demo_spec(out_dir: Path) -> JobSpec:
-    models = out_dir / "models"
     return parse_spec(
         {
             "name": "demo",
             "seed": 0,
             "input": {"path": str(out_dir / "prompts.parquet")},
             "stages": [
-                {
-                    "kind": "txt2img",
-                    "model": str(models / "txt2img"),
-                    "steps": 4,
-                    "width": 32,
-                    "height": 32,
-                    "batch_size": 4,
-                },
-                {"kind": "upscale", "model": str(models / "upscale"), "steps": 4, "batch_size": 4},
+                # The sampling recipe the shapes model was trained for (DPM++ 2M is its scheduler).
+                {"kind": "txt2img", "model": "synth:shapes", "steps": 20, "guidance_scale": 4.0,
+                 "width": 32, "height": 32, "batch_size": 12},
             ],
             "output": {"path": str(out_dir / "output"), "format": "png"},
         },
@@ -39,20 +34,39 @@ def demo_spec(out_dir: Path) -> JobSpec:
 
 
 def prepare_demo(out_dir: str | Path) -> JobSpec:
-    """Write the tiny models, the prompt table and job.yaml; return the job's spec."""
+    """Write the prompt table and job.yaml; return the job's spec."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import yaml
 
     from pipeline.spec import resolved_dict
-    from pipeline.tiny_models import write_tiny_model
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for kind in ("txt2img", "upscale"):
-        if not (out / "models" / kind / "model_index.json").is_file():
-            write_tiny_model(out / "models" / kind, kind)
-    pq.write_table(pa.table({"prompt": DEMO_PROMPTS}), out / "prompts.parquet")
+    pq.write_table(pa.table({"prompt": demo_prompts()}), out / "prompts.parquet")
     spec = demo_spec(out)
     (out / "job.yaml").write_text(yaml.safe_dump(resolved_dict(spec), sort_keys=False))
     return spec
+
+
+def write_grid(output_dir: str | Path, grid_path: str | Path, scale: int = 3) -> Path:
+    """A contact sheet of the demo's images: a row per colour, a column per shape and
+    background, each image enlarged `scale` times (nearest neighbour, so no pixel is invented)."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rows = pq.read_table(Path(output_dir) / "metadata").select(["prompt", "status", "image_uri"]).to_pylist()
+    by_prompt = {row["prompt"]: row["image_uri"] for row in rows if row["status"] == "ok"}
+    prompts = demo_prompts()
+    columns = len(GRID_COLUMNS)
+    cell, gap = 32 * scale, 4
+    sheet = Image.new("RGB", (columns * (cell + gap) + gap, (len(prompts) // columns) * (cell + gap) + gap), (128, 128, 128))
+    for index, prompt in enumerate(prompts):
+        uri = by_prompt.get(prompt)
+        if uri is None:
+            continue
+        image = Image.open(uri).convert("RGB").resize((cell, cell), Image.NEAREST)
+        row, column = divmod(index, columns)
+        sheet.paste(image, (gap + column * (cell + gap), gap + row * (cell + gap)))
+    sheet.save(grid_path)
+    return Path(grid_path)
