@@ -204,9 +204,9 @@ class Evaluation:
         0% kept it with guidance 4, 19-21% with guidance 1). Its 16x16 latents carry colour
         in little signal. The README lists it as a limitation."""
         scenes = self._scenes(2)
-        colours, shapes = list(dataset.COLOURS), list(dataset.SHAPES)
+        shapes = list(dataset.SHAPES)
         targets = [
-            dataset.Scene(colours[(colours.index(s.colour) + 3) % len(colours)], shapes[(shapes.index(s.shape) + 1) % 3], s.background)
+            dataset.Scene(_other_colour(s.colour), shapes[(shapes.index(s.shape) + 1) % len(shapes)], s.background)
             for s in scenes
         ]
         pngs = [_png(pixels) for pixels in dataset.render(scenes)]  # lossless: the input exactly
@@ -244,11 +244,9 @@ class Evaluation:
         """The mask covers the input's shape (its box plus a margin); the prompt asks for another
         colour there. Outside the mask the image must stay as it was."""
         scenes = self._scenes(3)
-        colours = list(dataset.COLOURS)
         prompts, masks = [], []
         for s in scenes:
-            target = dataset.Scene(colours[(colours.index(s.colour) + 3) % len(colours)], s.shape, s.background)
-            prompts.append(target.caption)
+            prompts.append(dataset.Scene(_other_colour(s.colour), s.shape, s.background).caption)
             half = s.extent / 2 + 2
             mask = np.zeros((dataset.SIZE, dataset.SIZE), np.uint8)
             top, bottom = max(0, int(s.cy - half)), min(dataset.SIZE, int(np.ceil(s.cy + half)))
@@ -272,8 +270,7 @@ class Evaluation:
             unchanged = float((diff <= KEEP_TOLERANCE).mean())
             worst = min(worst, unchanged)
             kept.append(unchanged >= KEEP_SHARE)
-            wanted = colours[(colours.index(scene.colour) + 3) % len(colours)]
-            filled.append(_masked_colour(output, masked, scene.background) == wanted)
+            filled.append(_masked_colour(output, masked, scene.background) == _other_colour(scene.colour))
         keep, fill = sum(kept) / len(kept), sum(filled) / len(filled)
         return [
             CheckResult(
@@ -287,6 +284,13 @@ class Evaluation:
 
     def all(self) -> list[CheckResult]:
         return self.txt2img() + self.img2img() + self.inpaint()
+
+
+def _other_colour(colour: str) -> str:
+    """The palette colour half the palette away (red -> green, orange -> blue...): never the
+    same, never a near neighbour, so a check cannot pass by keeping the input's colour."""
+    colours = list(dataset.COLOURS)
+    return colours[(colours.index(colour) + len(colours) // 2) % len(colours)]
 
 
 def _colour_distance(image: np.ndarray, scene: dataset.Scene) -> float:
