@@ -160,17 +160,18 @@ class Evaluation:
                 prompts.append(scene.caption)
                 guidance.append(g)
         images = self._run("txt2img", "txt2img", {"id": ids, "prompt": prompts, "guidance_scale": guidance})
+        readings = {row_id: judge.read_image(image) for row_id, image in images.items()}
 
         def accuracy(g: float, keep: Callable[[dataset.Scene], bool]) -> tuple[float, int]:
             hits = [
-                judge.read_image(images[f"g{g:g}-{i}"]).matches(s.colour, s.shape, s.background)
+                readings[f"g{g:g}-{i}"].matches(s.colour, s.shape, s.background)
                 for i, s in enumerate(scenes)
                 if keep(s)
             ]
             return (sum(hits) / len(hits), len(hits)) if hits else (0.0, 0)
 
         def colour_distance(g: float) -> float:
-            return float(np.mean([_colour_distance(images[f"g{g:g}-{i}"], s) for i, s in enumerate(scenes)]))
+            return float(np.mean([_colour_distance(readings[f"g{g:g}-{i}"], s) for i, s in enumerate(scenes)]))
 
         overall, n = accuracy(GUIDANCE, lambda s: True)
         seen, n_seen = accuracy(GUIDANCE, lambda s: not s.held_out)
@@ -209,7 +210,8 @@ class Evaluation:
             dataset.Scene(_other_colour(s.colour), shapes[(shapes.index(s.shape) + 1) % len(shapes)], s.background)
             for s in scenes
         ]
-        pngs = [_png(pixels) for pixels in dataset.render(scenes)]  # lossless: the input exactly
+        inputs = dataset.render(scenes)
+        pngs = [_png(pixels) for pixels in inputs]  # lossless: the input exactly
         rows: dict[str, list] = {"id": [], "prompt": [], "image": [], "strength": []}
         for strength in (LOW_STRENGTH, HIGH_STRENGTH):
             for i, (png, scene, target) in enumerate(zip(pngs, scenes, targets)):
@@ -218,7 +220,6 @@ class Evaluation:
                 rows["image"].append(png)
                 rows["strength"].append(strength)
         images = self._run("img2img", "img2img", rows)
-        inputs = dataset.render(scenes)
         kept = [
             judge.read_image(output := images[f"s{LOW_STRENGTH:g}-{i}"]).matches(s.colour, s.shape, s.background)
             and _foreground_iou(output, inputs[i], s.background) >= MIN_IOU
@@ -293,14 +294,12 @@ def _other_colour(colour: str) -> str:
     return colours[(colours.index(colour) + len(colours) // 2) % len(colours)]
 
 
-def _colour_distance(image: np.ndarray, scene: dataset.Scene) -> float:
+def _colour_distance(reading: judge.Reading, scene: dataset.Scene) -> float:
     """RGB distance from the drawn shape's median colour to the prompt's palette colour."""
-    pixels = image.astype(np.float32)
-    reading = judge.read_image(image)
-    if reading.shape == "none":
+    if reading.rgb is None:
         return _NO_SHAPE_DISTANCE
-    drawn = judge.blob_colour(pixels, reading.background)
-    return float(min(_NO_SHAPE_DISTANCE, np.linalg.norm(drawn - np.array(dataset.COLOURS[scene.colour], np.float32))))
+    distance = np.linalg.norm(np.array(reading.rgb, np.float32) - np.array(dataset.COLOURS[scene.colour], np.float32))
+    return float(min(_NO_SHAPE_DISTANCE, distance))
 
 
 def _foreground_iou(a: np.ndarray, b: np.ndarray, background: str) -> float:

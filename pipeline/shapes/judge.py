@@ -36,6 +36,7 @@ class Reading:
     background: str  # white | black
     fill: float  # the blob's bounding-box fill ratio (0 with no blob)
     area: int  # the blob's pixel count
+    rgb: tuple[float, float, float] | None = None  # the blob's median colour (None: no shape)
 
     def matches(self, colour: str, shape: str, background: str) -> bool:
         return (self.colour, self.shape, self.background) == (colour, shape, background)
@@ -79,11 +80,6 @@ def foreground(pixels: np.ndarray, background: str) -> np.ndarray:
     return np.abs(pixels - np.array(BACKGROUNDS[background], np.float32)).max(axis=-1) > _FOREGROUND_DIFF
 
 
-def blob_colour(pixels: np.ndarray, background: str) -> np.ndarray:
-    """The median RGB of the largest foreground blob (float pixels)."""
-    return np.median(pixels[_largest_blob(foreground(pixels, background))], axis=0)
-
-
 def background_of(image: np.ndarray) -> str:
     ring = np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]]).astype(np.float32)
     return _nearest(np.median(ring, axis=0), BACKGROUNDS)
@@ -103,5 +99,5 @@ def read_image(image: np.ndarray) -> Reading:
     if max(height, width) > _MAX_SIDE:
         return Reading("none", "none", background, fill, area)
     shape = "square" if fill >= _SQUARE_FILL else "circle" if fill > _CIRCLE_FILL else "triangle"
-    colour = nearest_colour(np.median(pixels[blob], axis=0))
-    return Reading(colour, shape, background, fill, area)
+    rgb = np.median(pixels[blob], axis=0)
+    return Reading(nearest_colour(rgb), shape, background, fill, area, tuple(float(c) for c in rgb))

@@ -114,6 +114,30 @@ def sampling_scheduler():
     return DPMSolverMultistepScheduler(**NOISE_SCHEDULE, steps_offset=1, timestep_spacing="leading")
 
 
+def word_tokenizer(folder: Path):
+    """Write the captions' word-level tokenizer into folder and load it."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(tokenizer.write_word_tokenizer(folder, dataset.vocabulary()))
+
+
+def assemble(vae, text_encoder, tok, unet):
+    """The components as the StableDiffusionPipeline they are saved as (no safety checker:
+    the shapes model draws nothing it could flag)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=sampling_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def to_tensor(images: np.ndarray):
     """uint8 (n, H, W, 3) -> float (n, 3, H, W) in [-1, 1], the range diffusers' VAEs use."""
     import torch
@@ -253,15 +277,12 @@ def train(out_dir: str | Path, config: TrainConfig | None = None, log: Callable[
     import diffusers
     import torch
     import transformers
-    from diffusers import StableDiffusionPipeline
-    from transformers import CLIPTokenizer
 
     config = config or TrainConfig()
     torch.set_num_threads(config.threads)
     out = Path(out_dir)
     started = time.perf_counter()
-    tokenizer_dir = tokenizer.write_word_tokenizer(out / "tokenizer", dataset.vocabulary())
-    tok = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    tok = word_tokenizer(out / "tokenizer")
 
     def tokenize(captions: list[str]):
         return tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
@@ -270,16 +291,7 @@ def train(out_dir: str | Path, config: TrainConfig | None = None, log: Callable[
     vae, vae_losses = train_vae(config, log)
     vae.save_pretrained(out / "vae")  # early, so a long second phase can be checked against it
     unet, text_encoder, unet_losses = train_denoiser(config, vae, tokenize, len(tok), log)
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tok,
-        unet=unet,
-        scheduler=sampling_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = assemble(vae, text_encoder, tok, unet)
     pipe.to(getattr(torch, config.save_dtype)).save_pretrained(out, safe_serialization=True)
     record = {
         "config": asdict(config),
@@ -298,15 +310,10 @@ def write_untrained(out_dir: str | Path, seed: int = 0) -> Path:
     """The same architecture and tokenizer with random weights: the baseline every semantic
     check must fail on."""
     import torch
-    from diffusers import StableDiffusionPipeline
-    from transformers import CLIPTokenizer
 
     out = Path(out_dir)
-    tok = CLIPTokenizer.from_pretrained(tokenizer.write_word_tokenizer(out / "tokenizer", dataset.vocabulary()))
+    tok = word_tokenizer(out / "tokenizer")
     torch.manual_seed(seed)
-    vae, unet, text_encoder = build_vae(), build_unet(), build_text_encoder(len(tok))
-    StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet, scheduler=sampling_scheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    ).save_pretrained(out, safe_serialization=True)
+    vae, unet, text_encoder = build_vae(), build_unet(), build_text_encoder(len(tok))  # this order: these weights
+    assemble(vae, text_encoder, tok, unet).save_pretrained(out, safe_serialization=True)
     return out
