@@ -92,3 +92,19 @@ def test_tiny_model_command_writes_a_loadable_safetensors_model(tmp_path):
     files = {p.name for p in (tmp_path / "m").rglob("*") if p.is_file()}
     assert "model_index.json" in files and "diffusion_pytorch_model.safetensors" in files
     assert not any(name.endswith((".bin", ".ckpt", ".pt")) for name in files)
+
+
+def test_train_tiny_takes_its_step_counts_from_the_command_line(tmp_path):
+    import json
+
+    result = synth("train-tiny", str(tmp_path / "model"), "--vae-steps", "2", "--unet-steps", "2", "--threads", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "synth: unet step 2/2" in result.stdout
+    config = json.loads((tmp_path / "model" / "training.json").read_text())["config"]
+    assert (config["vae_steps"], config["unet_steps"], config["threads"]) == (2, 2, 1)
+    assert (tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_eval_tiny_refuses_a_sample_count_below_one():
+    result = synth("eval-tiny", "--samples", "0")
+    assert result.returncode == 2 and "--samples" in result.stderr
