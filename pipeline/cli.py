@@ -191,11 +191,12 @@ def main(argv: list[str] | None = None) -> int:
 def _cluster_error(error: Exception) -> str | None:
     """A one-line reason for the Ray errors a user can act on, instead of a long traceback."""
     import ray.exceptions
+    from ray.data.exceptions import ExecutionTimeoutError
 
-    if isinstance(error, ray.exceptions.GetTimeoutError):
+    if isinstance(error, ExecutionTimeoutError):
         return (
-            "the stage actors did not start within actor_start_timeout_s: the cluster lacks the GPUs or "
-            f"CPUs the stages ask for, or loading the model hangs ({error})"
+            "the job made no progress for actor_start_timeout_s: the cluster lacks the GPUs or CPUs the "
+            "stages ask for, a model load hangs, or one batch takes longer than that"
         )
     if isinstance(error, ray.exceptions.RayError):
         # An actor constructor that raised (model missing on a worker, bad scheduler...):

@@ -162,10 +162,16 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print, retry_failed: boo
     # Fixed batch composition is what makes a rerun byte-identical (batched kernels may
     # round differently for different batch mates), so blocks keep their input order.
     context.execution_options.preserve_order = True
-    # Start every pool's minimum actors before rows flow: work spreads over the whole pool
-    # from the first batch, and a pool that cannot be placed fails with a timeout instead
-    # of hanging.
-    context.wait_for_min_actors_s = spec.actor_start_timeout_s
+    # Start the pools' actors without holding up the job: reads, Ray Data's own actors and
+    # every stage's model load overlap. Waiting for each pool in turn (Ray Data starts its
+    # operators one after another) loaded a chain's models one after another: a tiny
+    # txt2img -> upscale job took 32 s instead of 26 s. A pool gets chunks only from actors
+    # that have loaded, at most 2 each (max_tasks_in_flight_per_actor), so work still
+    # spreads over the pool as its actors come up.
+    context.wait_for_min_actors_s = -1
+    # The hang guard: no progress at all for actor_start_timeout_s (actors that cannot be
+    # placed, a model load that hangs, or a later stall) fails the job instead of waiting.
+    context.execution_no_progress_timeout_s = spec.actor_start_timeout_s
     # Never split a block by size: a block is a chunk, the unit of commit (several 4K
     # upscales pass the default 128 MiB). Chunks are small by construction (max batch_size).
     context.target_max_block_size = None

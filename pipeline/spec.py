@@ -248,8 +248,9 @@ class JobSpec(_Strict):
     actor_start_timeout_s: float = Field(
         1800,
         gt=0,
-        description="Seconds to wait for each stage's minimum replicas to load their model before any row is "
-        "sent; past it the job fails instead of waiting forever for resources that never free.",
+        description="Seconds the job may go without any progress before it fails instead of waiting forever: "
+        "stage actors waiting for GPUs or CPUs that never free, a model load that hangs, or a later stall. "
+        "Raise it when loading a model or one batch legitimately takes longer.",
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,

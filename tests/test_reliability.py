@@ -205,6 +205,33 @@ def test_nan_output_fails_the_row(ray_cluster, tiny, tmp_path):
         assert row["image_uri"] is None
 
 
+def test_a_stage_that_can_never_be_placed_fails_after_actor_start_timeout_s(ray_cluster, tiny, tmp_path):
+    from ray.data.exceptions import ExecutionTimeoutError
+
+    from pipeline.cli import _cluster_error
+
+    # Another workload holds both of the cluster's GPUs: the stage's actor is never placed,
+    # although the plan (made from the cluster's totals) fits.
+    @ray_cluster.remote(num_gpus=2, num_cpus=0)
+    class HoldsTheGpus:
+        def ready(self):
+            return True
+
+    holder = HoldsTheGpus.remote()
+    ray_cluster.get(holder.ready.remote())
+    try:
+        raw = job(prompts_table(tmp_path), str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"], steps=2, gpus=1)],
+                  actor_start_timeout_s=5)
+        started = time.monotonic()
+        with pytest.raises(ExecutionTimeoutError) as caught:
+            run_job(parse_spec(raw), log=quiet)
+        assert time.monotonic() - started < 120  # failed, instead of waiting for the GPU forever
+        assert "actor_start_timeout_s" in _cluster_error(caught.value)
+        assert metadata_files(tmp_path / "out") == []
+    finally:
+        ray_cluster.kill(holder)
+
+
 def test_hostile_ids_never_escape_the_output_prefix(ray_cluster, tiny, tmp_path):
     hostile = ["../../escape", "/etc/passwd", "%2e%2e%2fx", "a\x00b", "..", "C:\\windows"]
     table = write_table(tmp_path / "t.parquet", {"id": hostile, "prompt": ["p"] * len(hostile)})
