@@ -194,9 +194,12 @@ def _cluster_error(error: Exception) -> str | None:
     from ray.data.exceptions import ExecutionTimeoutError
 
     if isinstance(error, ExecutionTimeoutError):
+        # Ray's message lists the operators still running: it names the stage that stalled.
+        stalled = [line.strip() for line in str(error).splitlines() if line.strip().startswith("- ")]
         return (
             "the job made no progress for actor_start_timeout_s: the cluster lacks the GPUs or CPUs the "
             "stages ask for, a model load hangs, or one batch takes longer than that"
+            + (f" (still running: {'; '.join(line[2:] for line in stalled)})" if stalled else "")
         )
     if isinstance(error, ray.exceptions.RayError):
         # An actor constructor that raised (model missing on a worker, bad scheduler...):
