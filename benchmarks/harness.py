@@ -3,7 +3,8 @@
     synth bench [--rows 256] [--out benchmarks/results/cpu.json]
 
 (a) bare loop: the same model, batch size, steps, cores and OpenMP setting as the stage
-    actor, `pipe(...)` in a Python loop under inference_mode, after a warm-up batch;
+    actor, `pipe(...)` in a Python loop under inference_mode, after a warm-up batch; half
+    its rows run before (b) and half after, so a drift of the machine's speed hits both;
 (b) the full pipeline: read Parquet -> prepare -> stage actors -> encode + write, on a
     local Ray started for it, timed from before `ray.init` (end to end) and between its
     first and last committed chunk (steady state).
@@ -45,6 +46,7 @@ class Result:
     workload: dict
     machine: dict
     bare_images_per_s: float = 0.0
+    bare_halves_images_per_s: list = field(default_factory=list)  # before, after the pipeline
     pipeline_images_per_s_end_to_end: float = 0.0
     pipeline_images_per_s_steady: float = 0.0
     efficiency_end_to_end: float = 0.0
@@ -100,25 +102,28 @@ def prompts(count: int) -> list[str]:
     return [f"a {colours[i % 6]} {shapes[i // 6 % 3]} on a {'white' if i % 2 else 'black'} background #{i}" for i in range(count)]
 
 
-def bare_loop_like_ray(model: str, work: Workload, threads: int) -> float:
-    """The bare loop in a fresh process with the OpenMP setting Ray gives a stage actor
-    (OMP_NUM_THREADS=1 for one CPU, torch threads set explicitly). Measured here: that
-    setting alone makes the same loop about 20% faster on this machine, so the baseline
-    must have it too, or E would credit the pipeline with an environment variable."""
+def bare_loop_like_ray(model: str, work: Workload, threads: int, rows: range) -> tuple[int, float]:
+    """The bare loop over these prompt rows in a fresh process with the OpenMP setting Ray
+    gives a stage actor (OMP_NUM_THREADS=1 for one CPU, torch threads set explicitly).
+    Measured here: that setting alone makes the same loop about 20% faster on this machine,
+    so the baseline must have it too, or E would credit the pipeline with an environment
+    variable. Returns (images, seconds)."""
     import subprocess
     import sys
 
     code = (
         "import json, sys; from benchmarks.harness import Workload, bare_loop; "
-        f"print(json.dumps(bare_loop({model!r}, Workload(**{asdict(work)!r}), {threads})))"
+        f"print(json.dumps(bare_loop({model!r}, Workload(**{asdict(work)!r}), {threads}, "
+        f"range({rows.start}, {rows.stop}))))"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    return float(result.stdout.strip().splitlines()[-1])
+    images, seconds = json.loads(result.stdout.strip().splitlines()[-1])
+    return images, seconds
 
 
-def bare_loop(model: str, work: Workload, threads: int) -> float:
-    """Images per second of diffusers alone, after one warm-up batch."""
+def bare_loop(model: str, work: Workload, threads: int, rows: range) -> tuple[int, float]:
+    """(images, seconds) of diffusers alone over these prompt rows, after one warm-up batch."""
     import torch
     from diffusers import AutoPipelineForText2Image
 
@@ -132,18 +137,18 @@ def bare_loop(model: str, work: Workload, threads: int) -> float:
     pipe.set_progress_bar_config(disable=True)
     texts = prompts(work.rows)
 
-    def run(batch: list[str], first: int):
-        generators = [torch.Generator().manual_seed(first + i) for i in range(len(batch))]
+    def run(first: int, stop: int):
+        generators = [torch.Generator().manual_seed(i) for i in range(first, stop)]
         # inference_mode, as the stage workers use: the baseline gets every trick they get
         with torch.inference_mode():
-            pipe(batch, num_inference_steps=work.steps, guidance_scale=work.guidance_scale,
+            pipe(texts[first:stop], num_inference_steps=work.steps, guidance_scale=work.guidance_scale,
                  width=work.width, height=work.height, generator=generators, output_type="np")
 
-    run(texts[: work.batch_size], 0)
+    run(rows.start, min(rows.start + work.batch_size, rows.stop))
     started = time.perf_counter()
-    for first in range(0, work.rows, work.batch_size):
-        run(texts[first : first + work.batch_size], first)
-    return work.rows / (time.perf_counter() - started)
+    for first in range(rows.start, rows.stop, work.batch_size):
+        run(first, min(first + work.batch_size, rows.stop))
+    return len(rows), time.perf_counter() - started
 
 
 def spilled_bytes() -> int:
@@ -250,11 +255,21 @@ def bench(work: Workload, out: str | None = None, log=print) -> Result:
             log(f"bench: building the {work.profile} architecture with random weights")
             model = str(write_model(root / "model", work.profile))
             result.tflop_per_image = tflop_per_image(work.profile, work.steps, work.guidance_scale)
-        log(f"bench: bare diffusers loop, {work.rows} images, batch {work.batch_size}, {cores} threads")
-        result.bare_images_per_s = bare_loop_like_ray(model, work, cores)
+        # The bare loop runs half its rows before the pipeline and half after: this shared
+        # VM's speed drifts by 10-20% over minutes, and a baseline taken on one side only
+        # moved E by as much. Split, a drift hits both sides of the ratio alike.
+        half = work.rows // 2 // work.batch_size * work.batch_size or work.rows
+        log(f"bench: bare diffusers loop, {half} images, batch {work.batch_size}, {cores} threads")
+        before = bare_loop_like_ray(model, work, cores, range(0, half))
         log(f"bench: full pipeline on a local Ray with {cores} CPUs")
         with PeakMemory() as memory:
             summary, wall, startup, spilled = run_pipeline(model, work, root)
+        after = (0, 0.0)
+        if half < work.rows:
+            log(f"bench: bare diffusers loop, the other {work.rows - half} images")
+            after = bare_loop_like_ray(model, work, cores, range(half, work.rows))
+        result.bare_images_per_s = (before[0] + after[0]) / (before[1] + after[1])
+        result.bare_halves_images_per_s = [n / s for n, s in (before, after) if s]
         result.peak_rss_bytes = memory.peak
         result.spilled_bytes = spilled
         result.wall_s = wall
@@ -279,7 +294,8 @@ def bench(work: Workload, out: str | None = None, log=print) -> Result:
 
 def table(result: Result) -> str:
     lines = [
-        f"{'bare diffusers loop':<34}{result.bare_images_per_s:8.2f} images/s",
+        f"{'bare diffusers loop':<34}{result.bare_images_per_s:8.2f} images/s   "
+        f"(before / after the pipeline: {' / '.join(f'{r:.2f}' for r in result.bare_halves_images_per_s)})",
         f"{'pipeline, steady state':<34}{result.pipeline_images_per_s_steady:8.2f} images/s   "
         f"E = {result.efficiency_steady:.2f}",
         f"{'pipeline, end to end':<34}{result.pipeline_images_per_s_end_to_end:8.2f} images/s   "
