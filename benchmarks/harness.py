@@ -51,7 +51,7 @@ class Result:
     pipeline_images_per_s_steady: float = 0.0
     efficiency_end_to_end: float = 0.0
     efficiency_steady: float = 0.0
-    time_to_first_image_s: float = 0.0
+    time_to_first_image_s: float = 0.0  # from before ray.init to the first chunk committed
     wall_s: float = 0.0
     split_ms_per_image: dict = field(default_factory=dict)
     actor_busy_share: list = field(default_factory=list)
@@ -228,13 +228,13 @@ def run_pipeline(model: str, work: Workload, root: Path) -> tuple:
             "output": {"path": str(root / "out"), "format": work.image_format},
         }
     )
-    started = time.perf_counter()
+    started, started_clock = time.perf_counter(), time.time()
     ray.init(include_dashboard=False, logging_level="ERROR")  # counted: part of end to end
     summary = run_job(spec, log=lambda line: None)
     wall = time.perf_counter() - started
     spilled = spilled_bytes()
     ray.shutdown()
-    return summary, wall, wall - summary.wall_seconds, spilled
+    return summary, wall, started_clock, spilled
 
 
 def bench(work: Workload, out: str | None = None, log=print) -> Result:
@@ -256,14 +256,14 @@ def bench(work: Workload, out: str | None = None, log=print) -> Result:
             model = str(write_model(root / "model", work.profile))
             result.tflop_per_image = tflop_per_image(work.profile, work.steps, work.guidance_scale)
         # The bare loop runs half its rows before the pipeline and half after: this shared
-        # VM's speed drifts by 10-20% over minutes, and a baseline taken on one side only
-        # moved E by as much. Split, a drift hits both sides of the ratio alike.
+        # VM's speed drifts, by up to 30% between the halves of one run, and a baseline
+        # taken on one side only moved E by as much. Split, a drift hits both sides of the ratio alike.
         half = work.rows // 2 // work.batch_size * work.batch_size or work.rows
         log(f"bench: bare diffusers loop, {half} images, batch {work.batch_size}, {cores} threads")
         before = bare_loop_like_ray(model, work, cores, range(0, half))
         log(f"bench: full pipeline on a local Ray with {cores} CPUs")
         with PeakMemory() as memory:
-            summary, wall, startup, spilled = run_pipeline(model, work, root)
+            summary, wall, started_clock, spilled = run_pipeline(model, work, root)
         after = (0, 0.0)
         if half < work.rows:
             log(f"bench: bare diffusers loop, the other {work.rows - half} images")
@@ -273,9 +273,13 @@ def bench(work: Workload, out: str | None = None, log=print) -> Result:
         result.peak_rss_bytes = memory.peak
         result.spilled_bytes = spilled
         result.wall_s = wall
-        result.time_to_first_image_s = startup + (summary.first_batch_seconds or 0.0)
         result.pipeline_images_per_s_end_to_end = summary.rows_ok / wall
         metadata = read_metadata(str(root / "out"))
+        # The first image is there when its chunk commits (committed_at, this machine's
+        # clock). The driver's iterator hears of it about 2 s later on 2 cores, so its
+        # first batch would overstate the time.
+        first_commit = min((row["committed_at"] for row in metadata), default=float("nan"))
+        result.time_to_first_image_s = first_commit - started_clock  # NaN: nothing committed
         result.pipeline_images_per_s_steady = steady_rate(metadata)
         result.efficiency_end_to_end = result.pipeline_images_per_s_end_to_end / result.bare_images_per_s
         result.efficiency_steady = result.pipeline_images_per_s_steady / result.bare_images_per_s
@@ -294,8 +298,9 @@ def bench(work: Workload, out: str | None = None, log=print) -> Result:
 
 def table(result: Result) -> str:
     lines = [
-        f"{'bare diffusers loop':<34}{result.bare_images_per_s:8.2f} images/s   "
-        f"(before / after the pipeline: {' / '.join(f'{r:.2f}' for r in result.bare_halves_images_per_s)})",
+        f"{'bare diffusers loop':<34}{result.bare_images_per_s:8.2f} images/s"
+        + (f"   (before / after the pipeline: {' / '.join(f'{r:.2f}' for r in result.bare_halves_images_per_s)})"
+           if len(result.bare_halves_images_per_s) == 2 else ""),
         f"{'pipeline, steady state':<34}{result.pipeline_images_per_s_steady:8.2f} images/s   "
         f"E = {result.efficiency_steady:.2f}",
         f"{'pipeline, end to end':<34}{result.pipeline_images_per_s_end_to_end:8.2f} images/s   "

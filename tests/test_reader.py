@@ -28,18 +28,32 @@ def chunks(dataset) -> list[list[str]]:
     return [batch["id"].tolist() for batch in cut.iter_batches(batch_size=None, batch_format="numpy")]
 
 
+def spec_for(folder, tmp_path, **fields):
+    return parse_spec(job(str(folder), str(tmp_path / "out"), [stage("txt2img", "unused")], **fields))
+
+
+@pytest.fixture
+def ordered(ray_cluster, monkeypatch):
+    """Blocks in input order, as run_job sets it."""
+    options = ray_cluster.data.DataContext.get_current().execution_options
+    monkeypatch.setattr(options, "preserve_order", True)
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_driver_and_distributed_reads_cut_the_same_chunks(ray_cluster, s3, tmp_path, where):
+def test_driver_and_distributed_reads_cut_the_same_chunks(ray_cluster, ordered, s3, tmp_path, where):
+    from ray.data.dataset import MaterializedDataset
+
     bucket, options, _ = s3
     root = str(tmp_path / "in") if where == "local" else f"{bucket}/in"
     if where == "local":
         (tmp_path / "in").mkdir()
     write_folder(root, options if where == "s3" else None)
-    spec = parse_spec(job(root, str(tmp_path / "out"), [stage("txt2img", "unused")], storage_options=options))
-    ray_cluster.data.DataContext.get_current().execution_options.preserve_order = True
+    spec = spec_for(root, tmp_path, storage_options=options)
 
     on_driver = read_input(spec, ["prompt", "id"], task_cpus=0.5)  # a few KB: under the default limit
     distributed = read_input(spec, ["prompt", "id"], task_cpus=0.5, driver_max_bytes=0)
+    # from_arrow gives a dataset already in memory; read_parquet a lazy read: each path ran
+    assert isinstance(on_driver, MaterializedDataset) and not isinstance(distributed, MaterializedDataset)
 
     expected = [[f"row-{i:02d}" for i in range(start, min(start + 4, 13))] for start in range(0, 13, 4)]
     assert chunks(on_driver) == expected
@@ -51,6 +65,28 @@ def test_a_corrupt_file_is_named(ray_cluster, tmp_path):
     (tmp_path / "in").mkdir()
     write_folder(str(tmp_path / "in"))
     (tmp_path / "in" / "b.parquet").write_bytes(b"not parquet at all")
-    spec = parse_spec(job(str(tmp_path / "in"), str(tmp_path / "out"), [stage("txt2img", "unused")]))
     with pytest.raises(InputError, match=r"input.path: cannot read .*b\.parquet as Parquet"):
-        read_input(spec, ["prompt", "id"], task_cpus=0.5)
+        read_input(spec_for(tmp_path / "in", tmp_path), ["prompt", "id"], task_cpus=0.5)
+
+
+def test_a_file_without_a_column_the_job_reads_is_named(ray_cluster, tmp_path):
+    (tmp_path / "in").mkdir()
+    write_folder(str(tmp_path / "in"))
+    write_table(tmp_path / "in" / "b.parquet", {"prompt": ["x"], "other": ["y"]})
+    with pytest.raises(InputError, match=r"input.path: .*b\.parquet lacks the column 'id'"):
+        read_input(spec_for(tmp_path / "in", tmp_path), ["prompt", "id"], task_cpus=0.5)
+
+
+def test_empty_files_are_skipped_and_column_types_widened(ray_cluster, ordered, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"prompt": pa.array(["p0", "p1"], pa.string()), "n": pa.array([0, 1], pa.int32())}),
+                   tmp_path / "in" / "a.parquet")
+    (tmp_path / "in" / "b.parquet").write_bytes(b"")  # as a failed upload leaves it
+    pq.write_table(pa.table({"prompt": pa.array(["p2"], pa.large_string()), "n": pa.array([2], pa.int64())}),
+                   tmp_path / "in" / "c.parquet")
+    dataset = read_input(spec_for(tmp_path / "in", tmp_path), ["prompt", "n"], task_cpus=0.5)
+    assert [row["prompt"] for row in dataset.take_all()] == ["p0", "p1", "p2"]
+    assert [row["n"] for row in dataset.take_all()] == [0, 1, 2]

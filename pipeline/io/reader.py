@@ -66,57 +66,76 @@ def input_schema(spec: JobSpec):
         raise InputError(f"input.path: cannot read {files[0]} as Parquet: {type(error).__name__}: {error}") from None
 
 
-# Inputs up to this many Parquet bytes are read by the driver, which has listed them
-# already, and enter Ray Data as one in-memory table. Ray Data's distributed Parquet read
-# starts a listing task and a pool of footer-reading actors, new worker processes that pay
-# off for large tables; on a small cluster they compete for the same cores with the stage
-# actors loading their models, which is the critical path of a job's start. Measured with
-# the bench's tiny job on 2 cores, 64 rows, six runs each: wall 20.5 s -> 18.5 s (medians).
-# A prompt table is this small (a million prompts is some 30 MB of Parquet); a table that
-# carries images is usually not, and keeps the distributed read.
+# Inputs up to this many Parquet bytes and files are read by the driver, which has listed
+# them already, and enter Ray Data as one in-memory table. Ray Data's distributed Parquet
+# read starts a listing task and a pool of footer-reading actors, new worker processes that
+# pay off for large tables; on a small cluster they compete for the same cores with the
+# stage actors loading their models, which is the critical path of a job's start. Measured
+# with the bench's tiny job on 2 cores, 64 rows, six runs each: wall 20.5 s -> 18.5 s
+# (medians). A prompt table is this small (a million prompts is some 30 MB of Parquet); a
+# table that carries images is usually not, and keeps the distributed read, as does a
+# folder of many small files (the driver reads one file at a time).
 DRIVER_READ_MAX_BYTES = 32 * 2**20
+DRIVER_READ_MAX_FILES = 64
 
 
-def _fits_driver(fs, files: list[str], limit: int) -> bool:
-    total = 0
-    for file in files:  # stops at the limit: a large table's listing is not walked twice
-        total += fs.size(file)
-        if total > limit:
-            return False
-    return True
+def _sizes_if_small(fs, files: list[str], max_bytes: int) -> list[int] | None:
+    """Each file's size, or None as soon as the files pass the driver read's limits (a
+    large table's listing is not walked a second time)."""
+    if len(files) > DRIVER_READ_MAX_FILES:
+        return None
+    sizes, total = [], 0
+    for file in files:
+        sizes.append(fs.size(file))
+        total += sizes[-1]
+        if total > max_bytes:
+            return None
+    return sizes
 
 
-def _read_on_driver(fs, files: list[str], columns: list[str]):
+def _read_on_driver(fs, files: list[str], sizes: list[int], columns: list[str]):
     """The files' rows in file order, then row order: the order the distributed read keeps
     (preserve_order), so both reads cut the same chunks and a job's bytes do not depend on
-    which read ran."""
+    which read ran. Like that read, it skips empty (0-byte) files and widens column types
+    that differ between files (int32 and int64, string and large_string)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     tables = []
-    for file in files:
+    for file, size in zip(files, sizes):
+        if not size:
+            continue
         try:
             with fs.open(file, "rb") as handle:
-                tables.append(pq.read_table(handle, columns=columns))
+                parquet = pq.ParquetFile(handle)
+                missing = [name for name in columns if name not in parquet.schema_arrow.names]
+                if missing:
+                    raise InputError(f"input.path: {file} lacks the column {missing[0]!r} that the job reads")
+                tables.append(parquet.read(columns=columns))
+        except InputError:
+            raise
         except Exception as error:
             raise InputError(f"input.path: cannot read {file} as Parquet: {type(error).__name__}: {error}") from None
+    if not tables:
+        raise InputError("input.path: every Parquet file of the input is empty (0 bytes)")
     try:
-        return pa.concat_tables(tables, promote_options="default")
-    except pa.ArrowInvalid as error:
-        raise InputError(f"input.path: the Parquet files disagree on their columns' types: {error}") from None
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise InputError(f"input.path: the Parquet files disagree on a column's type: {error}") from None
 
 
 def read_input(spec: JobSpec, columns: list[str], task_cpus: float, driver_max_bytes: int | None = None):
     """The input as a Ray dataset, reading only the columns the job uses: read here when the
-    files hold at most driver_max_bytes (default DRIVER_READ_MAX_BYTES), else by Ray Data's
-    distributed Parquet read."""
+    files are few and hold at most driver_max_bytes (default DRIVER_READ_MAX_BYTES), else
+    by Ray Data's distributed Parquet read."""
     import pyarrow.fs
     import ray.data
 
     limit = DRIVER_READ_MAX_BYTES if driver_max_bytes is None else driver_max_bytes
     fs, files = input_files(spec.input.path, spec.input_storage_options())
-    if _fits_driver(fs, files, limit):
-        return ray.data.from_arrow(_read_on_driver(fs, files, columns))
+    sizes = _sizes_if_small(fs, files, limit)
+    if sizes is not None:
+        return ray.data.from_arrow(_read_on_driver(fs, files, sizes, columns))
     remote = storage.is_remote(spec.input.path)
     filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)) if remote else None
     return ray.data.read_parquet(
