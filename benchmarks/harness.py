@@ -257,7 +257,7 @@ def bench(work: Workload, out: str | None = None, log=print) -> Result:
             result.tflop_per_image = tflop_per_image(work.profile, work.steps, work.guidance_scale)
         # The bare loop runs half its rows before the pipeline and half after: this shared
         # VM's speed drifts, by up to 30% between the halves of one run, and a baseline
-        # taken on one side only moved E by as much. Split, a drift hits both sides of the ratio alike.
+        # taken on one side only moved E by as much. Split, a drift hits both sides alike.
         half = work.rows // 2 // work.batch_size * work.batch_size or work.rows
         log(f"bench: bare diffusers loop, {half} images, batch {work.batch_size}, {cores} threads")
         before = bare_loop_like_ray(model, work, cores, range(0, half))

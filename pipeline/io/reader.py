@@ -63,7 +63,11 @@ def input_schema(spec: JobSpec):
         with fs.open(files[0], "rb") as handle:
             return pq.read_schema(handle)
     except Exception as error:
-        raise InputError(f"input.path: cannot read {files[0]} as Parquet: {type(error).__name__}: {error}") from None
+        raise _unreadable(files[0], error) from None
+
+
+def _unreadable(file: str, error: Exception) -> InputError:
+    return InputError(f"input.path: cannot read {file} as Parquet: {type(error).__name__}: {error}")
 
 
 # Inputs up to this many Parquet bytes and files are read by the driver, which has listed
@@ -115,7 +119,7 @@ def _read_on_driver(fs, files: list[str], sizes: list[int], columns: list[str]):
         except InputError:
             raise
         except Exception as error:
-            raise InputError(f"input.path: cannot read {file} as Parquet: {type(error).__name__}: {error}") from None
+            raise _unreadable(file, error) from None
     if not tables:
         raise InputError("input.path: every Parquet file of the input is empty (0 bytes)")
     try:
