@@ -87,6 +87,6 @@ def test_empty_files_are_skipped_and_column_types_widened(ray_cluster, ordered, 
     (tmp_path / "in" / "b.parquet").write_bytes(b"")  # as a failed upload leaves it
     pq.write_table(pa.table({"prompt": pa.array(["p2"], pa.large_string()), "n": pa.array([2], pa.int64())}),
                    tmp_path / "in" / "c.parquet")
-    dataset = read_input(spec_for(tmp_path / "in", tmp_path), ["prompt", "n"], task_cpus=0.5)
-    assert [row["prompt"] for row in dataset.take_all()] == ["p0", "p1", "p2"]
-    assert [row["n"] for row in dataset.take_all()] == [0, 1, 2]
+    rows = read_input(spec_for(tmp_path / "in", tmp_path), ["prompt", "n"], task_cpus=0.5).take_all()
+    assert [row["prompt"] for row in rows] == ["p0", "p1", "p2"]
+    assert [row["n"] for row in rows] == [0, 1, 2]
