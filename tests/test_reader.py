@@ -52,7 +52,7 @@ def test_driver_and_distributed_reads_cut_the_same_chunks(ray_cluster, ordered, 
 
     on_driver = read_input(spec, ["prompt", "id"], task_cpus=0.5)  # a few KB: under the default limit
     distributed = read_input(spec, ["prompt", "id"], task_cpus=0.5, driver_max_bytes=0)
-    # from_arrow gives a dataset already in memory; read_parquet a lazy read: each path ran
+    # from_blocks gives a dataset already in memory; read_parquet a lazy read: each path ran
     assert isinstance(on_driver, MaterializedDataset) and not isinstance(distributed, MaterializedDataset)
 
     expected = [[f"row-{i:02d}" for i in range(start, min(start + 4, 13))] for start in range(0, 13, 4)]

@@ -142,7 +142,8 @@ def read_input(spec: JobSpec, columns: list[str], task_cpus: float, driver_max_b
         # from_blocks, not from_arrow: from_arrow reads the table's schema and size in a
         # remote task that the driver waits for. While the cluster starts, that task waits
         # for a worker process and then holds one of the workers Ray pre-starts, so the
-        # stage actor has to start a new one (first image 17.1 s -> 13.8 s, medians of 3).
+        # stage actor has to start a new one (README, Performance). from_blocks is a Ray
+        # DeveloperAPI; tests/test_reader.py runs this path.
         return ray.data.from_blocks([_read_on_driver(fs, files, sizes, columns)])
     remote = storage.is_remote(spec.input.path)
     filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)) if remote else None
