@@ -8,8 +8,9 @@
 (b) the full pipeline: read Parquet -> prepare -> stage actors -> encode + write, on a
     local Ray started for it, timed from before `ray.init` (end to end) and between its
     first and last committed chunk (steady state).
-E = (b) / (a). Also: time to first image, the per-image time split from the metadata,
-each stage actor's busy share, bytes spilled from the object store, peak memory.
+E = (b) / (a). Also: time to first image, start-up (that time less the first chunk's own
+work, with the ray.init part), the per-image time split from the metadata, each stage
+actor's busy share, bytes spilled from the object store, peak memory.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class Result:
     efficiency_end_to_end: float = 0.0
     efficiency_steady: float = 0.0
     time_to_first_image_s: float = 0.0  # from before ray.init to the first chunk committed
+    # Time to first image less the first chunk's own work (prepare, stages, encode, write):
+    # what the pipeline spends before it generates, waits for new worker processes included.
+    startup_s: float = 0.0
+    ray_init_s: float = 0.0  # the part of start-up spent in ray.init
     wall_s: float = 0.0
     split_ms_per_image: dict = field(default_factory=dict)
     actor_busy_share: list = field(default_factory=list)
@@ -181,6 +186,23 @@ def steady_rate(table: list[dict]) -> float:
     return sum((t - mean_t) * (n - mean_n) for t, n in zip(stamps, cumulative)) / spread if spread else 0.0
 
 
+def startup_seconds(table: list[dict], time_to_first_image: float) -> float:
+    """Time to first image less the recorded work of the chunk that committed first: its
+    rows' prepare, stage, encode and write seconds (each a row's share of its chunk's time).
+    What remains is start-up: the waits for processes and models before that work began,
+    and that chunk's waits in queues. End-to-end E is about steady-state E x (1 - start-up / wall)."""
+    def seconds(value) -> float:
+        return value if value is not None and value == value else 0.0  # None, NaN: no record
+
+    first = min(row["committed_at"] for row in table)
+    work = 0.0
+    for row in table:
+        if row["committed_at"] == first:
+            work += sum(seconds(row.get(name)) for name in ("prepare_seconds", "encode_seconds", "write_seconds"))
+            work += sum(seconds(stage["seconds"]) for stage in row["stages"])
+    return time_to_first_image - work
+
+
 def read_metadata(output: str) -> list[dict]:
     import pyarrow.dataset as pds
 
@@ -230,11 +252,12 @@ def run_pipeline(model: str, work: Workload, root: Path) -> tuple:
     )
     started, started_clock = time.perf_counter(), time.time()
     ray.init(include_dashboard=False, logging_level="ERROR")  # counted: part of end to end
+    ray_init = time.perf_counter() - started
     summary = run_job(spec, log=lambda line: None)
     wall = time.perf_counter() - started
     spilled = spilled_bytes()
     ray.shutdown()
-    return summary, wall, started_clock, spilled
+    return summary, wall, started_clock, spilled, ray_init
 
 
 def bench(work: Workload, out: str | None = None, log=print) -> Result:
@@ -263,7 +286,7 @@ def bench(work: Workload, out: str | None = None, log=print) -> Result:
         before = bare_loop_like_ray(model, work, cores, range(0, half))
         log(f"bench: full pipeline on a local Ray with {cores} CPUs")
         with PeakMemory() as memory:
-            summary, wall, started_clock, spilled = run_pipeline(model, work, root)
+            summary, wall, started_clock, spilled, ray_init = run_pipeline(model, work, root)
         after = (0, 0.0)
         if half < work.rows:
             log(f"bench: bare diffusers loop, the other {work.rows - half} images")
@@ -280,6 +303,8 @@ def bench(work: Workload, out: str | None = None, log=print) -> Result:
         # first batch would overstate the time.
         first_commit = min((row["committed_at"] for row in metadata), default=float("nan"))
         result.time_to_first_image_s = first_commit - started_clock  # NaN: nothing committed
+        result.startup_s = startup_seconds(metadata, result.time_to_first_image_s) if metadata else float("nan")
+        result.ray_init_s = ray_init
         result.pipeline_images_per_s_steady = steady_rate(metadata)
         result.efficiency_end_to_end = result.pipeline_images_per_s_end_to_end / result.bare_images_per_s
         result.efficiency_steady = result.pipeline_images_per_s_steady / result.bare_images_per_s
@@ -306,6 +331,7 @@ def table(result: Result) -> str:
         f"{'pipeline, end to end':<34}{result.pipeline_images_per_s_end_to_end:8.2f} images/s   "
         f"E = {result.efficiency_end_to_end:.2f}",
         f"{'time to first image':<34}{result.time_to_first_image_s:8.2f} s",
+        f"{'start-up (before the first chunk)':<34}{result.startup_s:8.2f} s   (ray.init {result.ray_init_s:.2f} s)",
         f"{'wall (incl. ray.init)':<34}{result.wall_s:8.2f} s",
         f"{'stage actor busy share':<34}{', '.join(f'{b:.2f}' for b in result.actor_busy_share)}",
         f"{'object store spilled':<34}{result.spilled_bytes / 2**20:8.1f} MiB",

@@ -23,8 +23,9 @@ def test_bench_command_writes_all_figures(tmp_path):
     assert "E = " in result.stdout and "time to first image" in result.stdout
     figures = json.loads(out.read_text())
     for name in ("bare_images_per_s", "pipeline_images_per_s_end_to_end", "efficiency_end_to_end",
-                 "time_to_first_image_s", "wall_s", "peak_rss_bytes"):
+                 "time_to_first_image_s", "startup_s", "ray_init_s", "wall_s", "peak_rss_bytes"):
         assert figures[name] > 0, name
+    assert figures["ray_init_s"] < figures["startup_s"] < figures["time_to_first_image_s"]
     # the steady-state slope needs commits spread over time; on a loaded machine a short run's
     # chunks can land together, so only its presence is checked here
     assert figures["pipeline_images_per_s_steady"] >= 0 and "efficiency_steady" in figures
@@ -33,3 +34,19 @@ def test_bench_command_writes_all_figures(tmp_path):
     assert figures["split_ms_per_image"]["waiting in queues"] >= 0
     assert figures["split_ms_per_image"]["denoise"] > 0
     assert figures["spilled_bytes"] >= 0
+
+
+def test_startup_is_time_to_first_image_less_the_first_chunks_work():
+    from benchmarks.harness import startup_seconds
+
+    def row(committed_at, stage_seconds):
+        return {"committed_at": committed_at, "prepare_seconds": 0.01, "encode_seconds": 0.02,
+                "write_seconds": 0.03, "stages": [{"seconds": stage_seconds}, {"seconds": None}]}
+
+    # two rows in the first chunk (committed at 100.0), listed after a row of a later chunk
+    # that must not count; a failed row has no stage time (NaN) and an older record no
+    # prepare_seconds
+    failed = row(100.0, float("nan"))
+    del failed["prepare_seconds"]
+    table = [row(103.0, 9.0), row(100.0, 0.5), failed]
+    assert startup_seconds(table, 12.0) == pytest.approx(12.0 - (0.5 + 0.06) - 0.05)
