@@ -190,17 +190,12 @@ def startup_seconds(table: list[dict], time_to_first_image: float) -> float:
     """Time to first image less the recorded work of the chunk that committed first: its
     rows' prepare, stage, encode and write seconds (each a row's share of its chunk's time).
     What remains is start-up: the waits for processes and models before that work began,
-    and that chunk's waits in queues. End-to-end E is about steady-state E x (1 - start-up / wall)."""
-    def seconds(value) -> float:
-        return value if value is not None and value == value else 0.0  # None, NaN: no record
-
+    and that chunk's waits in queues. End-to-end E is about steady-state E x
+    (1 - start-up / wall)."""
     first = min(row["committed_at"] for row in table)
-    work = 0.0
-    for row in table:
-        if row["committed_at"] == first:
-            work += sum(seconds(row.get(name)) for name in ("prepare_seconds", "encode_seconds", "write_seconds"))
-            work += sum(seconds(stage["seconds"]) for stage in row["stages"])
-    return time_to_first_image - work
+    parts, _ = split_from_metadata([row for row in table if row["committed_at"] == first], rows=1)
+    work_ms = sum(ms for part, ms in parts.items() if part != "waiting in queues")
+    return time_to_first_image - work_ms / 1000
 
 
 def read_metadata(output: str) -> list[dict]:
@@ -209,19 +204,24 @@ def read_metadata(output: str) -> list[dict]:
     return pds.dataset(os.path.join(output, "metadata"), format="parquet").to_table().to_pylist()
 
 
+def _recorded(seconds: float | None) -> float:
+    """A timing from the metadata; none recorded (None, or NaN) counts as 0."""
+    return seconds if seconds is not None and seconds == seconds else 0.0
+
+
 def split_from_metadata(table: list[dict], rows: int) -> tuple[dict, list[float]]:
     """Milliseconds per image for each part, summed over every row's record."""
     totals = {"prepare (read, decode)": 0.0, "text encode": 0.0, "denoise": 0.0, "vae": 0.0,
               "image encode": 0.0, "write": 0.0, "waiting in queues": 0.0}
     stage_busy: dict[int, float] = {}
     for row in table:
-        totals["prepare (read, decode)"] += row.get("prepare_seconds") or 0.0
-        totals["image encode"] += row["encode_seconds"] or 0.0
-        totals["write"] += row["write_seconds"] or 0.0
-        totals["waiting in queues"] += row.get("queue_seconds") or 0.0
+        totals["prepare (read, decode)"] += _recorded(row.get("prepare_seconds"))
+        totals["image encode"] += _recorded(row["encode_seconds"])
+        totals["write"] += _recorded(row["write_seconds"])
+        totals["waiting in queues"] += _recorded(row.get("queue_seconds"))
         for stage in row["stages"]:
-            seconds = stage["seconds"] or 0.0
-            text, vae = stage["text_encode_seconds"] or 0.0, stage["vae_seconds"] or 0.0
+            seconds = _recorded(stage["seconds"])
+            text, vae = _recorded(stage["text_encode_seconds"]), _recorded(stage["vae_seconds"])
             totals["text encode"] += text
             totals["vae"] += vae
             totals["denoise"] += seconds - text - vae

@@ -40,13 +40,16 @@ def test_startup_is_time_to_first_image_less_the_first_chunks_work():
     from benchmarks.harness import startup_seconds
 
     def row(committed_at, stage_seconds):
+        stage = {"index": 0, "seconds": stage_seconds, "text_encode_seconds": 0.1, "vae_seconds": 0.2}
+        failed_later = {"index": 1, "seconds": None, "text_encode_seconds": None, "vae_seconds": None}
         return {"committed_at": committed_at, "prepare_seconds": 0.01, "encode_seconds": 0.02,
-                "write_seconds": 0.03, "stages": [{"seconds": stage_seconds}, {"seconds": None}]}
+                "write_seconds": 0.03, "queue_seconds": 0.7, "stages": [stage, failed_later]}
 
     # two rows in the first chunk (committed at 100.0), listed after a row of a later chunk
     # that must not count; a failed row has no stage time (NaN) and an older record no
     # prepare_seconds
     failed = row(100.0, float("nan"))
+    failed["stages"][0].update(text_encode_seconds=float("nan"), vae_seconds=float("nan"))
     del failed["prepare_seconds"]
     table = [row(103.0, 9.0), row(100.0, 0.5), failed]
     assert startup_seconds(table, 12.0) == pytest.approx(12.0 - (0.5 + 0.06) - 0.05)
