@@ -59,12 +59,14 @@ def write_bytes_atomic(fs, path: str, data: bytes) -> None:
     """Write a whole object so that readers never see a partial one.
 
     An S3 PUT is atomic by itself; on a local disk we write a temporary file beside the
-    target and rename it over, which POSIX makes atomic.
+    target and rename it over, which POSIX makes atomic. The temporary name starts with a
+    dot: a kill can leave it behind, and dataset readers (pyarrow's, Ray Data's) skip
+    dot-files, so a leftover is never read as a metadata part.
     """
     if _is_local(fs):
-        directory = os.path.dirname(path)
+        directory, name = os.path.split(path)
         os.makedirs(directory, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
+        tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
         with open(tmp, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
