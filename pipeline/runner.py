@@ -124,13 +124,29 @@ def rows_to_skip(spec: JobSpec, retry_failed: bool, log: Callable[[str], None]) 
     return committed
 
 
+def row_source(spec: JobSpec, roles: dict[str, str], overrides: dict[str, str], skip_ids: frozenset[str] = frozenset()):
+    """How the prepare step turns this job's input rows into stage rows."""
+    from pipeline.io.prepare import RowSource
+    from pipeline.io.reader import base_dir
+
+    return RowSource(
+        job_seed=spec.seed,
+        base_dir=base_dir(spec.input.path, spec.input_storage_options()),
+        storage_options=spec.input_storage_options(),
+        id_column=spec.input.id_column,
+        roles=roles,
+        overrides=overrides,
+        skip_ids=skip_ids,
+        max_image_pixels=spec.input.max_image_pixels,
+        prompt_required=spec.stages[0].kind != "upscale",
+    )
+
+
 def run_job(spec: JobSpec, log: Callable[[str], None] = print, retry_failed: bool = False) -> RunSummary:
     import ray
     import ray.data
 
     from pipeline import preflight
-    from pipeline.io.prepare import RowSource
-    from pipeline.io.reader import base_dir
     from pipeline.processor import build_dataset
     from pipeline.resources import plan_resources
 
@@ -178,17 +194,7 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print, retry_failed: boo
 
     write_resolved_spec(spec)
     skip = rows_to_skip(spec, retry_failed, log)
-    source = RowSource(
-        job_seed=spec.seed,
-        base_dir=base_dir(spec.input.path, spec.input_storage_options()),
-        storage_options=spec.input_storage_options(),
-        id_column=spec.input.id_column,
-        roles=roles,
-        overrides=overrides,
-        skip_ids=frozenset(skip),
-        max_image_pixels=spec.input.max_image_pixels,
-        prompt_required=spec.stages[0].kind != "upscale",
-    )
+    source = row_source(spec, roles, overrides, frozenset(skip))
     dataset = build_dataset(spec, plan, source, preflight.override_owners(spec, overrides))
 
     # 3. Stream: each item is one written batch's id/status/error.
