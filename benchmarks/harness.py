@@ -312,8 +312,9 @@ def bench(work: Workload, out: str | None = None, log=print) -> Result:
         result.device = metadata[0]["stages"][0]["device"] if metadata else "unknown"
         if result.tflop_per_image:
             result.share_of_peak = result.pipeline_images_per_s_steady * result.tflop_per_image / work.peak_tflops
-        # busy seconds of the stage's actors over the job's wall time (1 actor per stage here)
-        result.actor_busy_share = [b / summary.wall_seconds for b in busy]
+        # Busy seconds of each stage's actors over the wall time the table shows (ray.init
+        # included). One actor per stage here, so a share of 1 is a stage that never idled.
+        result.actor_busy_share = [b / wall for b in busy]
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(asdict(result), indent=2))
