@@ -57,7 +57,12 @@ def check_input(spec: JobSpec) -> tuple[dict[str, str], dict[str, str]]:
         if spec.input.id_column not in names:
             raise SpecError(f"input.id_column: column {spec.input.id_column!r} is not in the input table")
         _check_unique_ids(spec)
-    overrides = {param: param for param in OVERRIDE_PARAMS if param in names}
+    # Only the parameters some stage takes: a `strength` column in a txt2img-only table, or
+    # the `width` and `height` of an upscale job's source images, is not read (or checked).
+    from pipeline.stages import WORKERS
+
+    taken = {"seed"}.union(*(WORKERS[stage.kind].params for stage in spec.stages))
+    overrides = {param: param for param in OVERRIDE_PARAMS if param in names and param in taken}
     return roles, overrides
 
 

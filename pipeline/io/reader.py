@@ -55,15 +55,20 @@ def base_dir(path: str, storage_options: dict[str, Any] | None = None) -> str:
 
 
 def input_schema(spec: JobSpec):
-    """The input table's Arrow schema, read from Parquet footers only (no data)."""
+    """The input table's Arrow schema, read from the footer of its first non-empty Parquet
+    file (no data). Empty (0-byte) files are skipped here as both reads skip them."""
     import pyarrow.parquet as pq
 
     fs, files = input_files(spec.input.path, spec.input_storage_options())
-    try:
-        with fs.open(files[0], "rb") as handle:
-            return pq.read_schema(handle)
-    except Exception as error:
-        raise _unreadable(files[0], error) from None
+    for file in files:
+        try:
+            if not fs.size(file):
+                continue
+            with fs.open(file, "rb") as handle:
+                return pq.read_schema(handle)
+        except Exception as error:
+            raise _unreadable(file, error) from None
+    raise InputError("input.path: every Parquet file of the input is empty (0 bytes)")
 
 
 def _unreadable(file: str, error: Exception) -> InputError:
