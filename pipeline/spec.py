@@ -170,8 +170,13 @@ class StageSpec(_Strict):
         "prompt adherence.",
     )
     negative_prompt: str | None = Field(None, description="Default negative prompt (a row's own column wins).")
-    width: int | None = Field(None, ge=8, description="Output width in pixels (multiple of 8); default: the model's.")
-    height: int | None = Field(None, ge=8, description="Output height in pixels (multiple of 8); default: the model's.")
+    width: int | None = Field(
+        None, ge=8, description="Output width in pixels (multiple of 8); default: the model's for txt2img, the "
+        "input's for img2img/inpaint (which keep its aspect ratio when only one side is set)."
+    )
+    height: int | None = Field(
+        None, ge=8, description="Output height in pixels (multiple of 8); default as for width."
+    )
     strength: float | None = Field(
         None,
         gt=0,

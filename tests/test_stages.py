@@ -173,3 +173,44 @@ def test_string_uri_columns_with_an_earlier_row_error_do_not_crash(tmp_path):
     assert batch[B.ERROR][1] == "prompt: the prompt is empty"
     assert batch[B.ERROR][2] == "steps: inf is not a finite number"
     assert batch[B.WIDTH][0] == 32
+
+
+@pytest.mark.parametrize(
+    "fields, size",
+    [({}, (64, 32)), ({"width": 32}, (32, 16)), ({"height": 16}, (32, 16)), ({"width": 40, "height": 40}, (40, 40))],
+)
+def test_img2img_output_size_follows_width_and_height_or_the_input(tiny, fields, size):
+    # Neither set: the input's size. One set: the other side keeps the input's aspect ratio.
+    batch = prepared({"prompt": ["a"], "image": [png_bytes(size=(64, 32))]}, {"prompt": "prompt", "image": "image"})
+    worker = WORKERS["img2img"]({"kind": "img2img", "model": tiny["img2img"], "steps": 2, **fields})
+    out = worker(batch)
+    assert out[B.STATUS][0] == "ok"
+    assert (out[B.WIDTH][0], out[B.HEIGHT][0]) == size
+
+
+def test_out_of_memory_fails_that_group_only_and_names_the_fields_to_lower(tiny):
+    class SmallMemory(WORKERS["txt2img"]):
+        """A device that fits one image per call, and breaks on a given prompt."""
+
+        def generate(self, group):
+            if "broken" in group.prompts:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            if len(group.rows) > 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().generate(group)
+
+    batch = prepared(
+        {"prompt": PROMPTS, "steps": [2, 2, 3]}, {"prompt": "prompt"}, overrides={"steps": "steps"}
+    )
+    worker = SmallMemory(
+        {"kind": "txt2img", "model": tiny["txt2img"], "steps": 2, "width": 32, "height": 32}, overrides=["steps"]
+    )
+    out = worker(batch)
+    assert list(out[B.STATUS]) == ["failed", "failed", "ok"]
+    assert out[B.ERROR][0] == out[B.ERROR][1] == (
+        "stages.0 (txt2img): out of cpu memory for 2 images at 32x32 px; lower stages.0.batch_size, "
+        "or width and height: CUDA out of memory. Tried to allocate 2.00 GiB"
+    )
+    # Any other runtime error is not the rows' fault: it still ends the call.
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        worker(prepared({"prompt": ["broken"]}, {"prompt": "prompt"}))

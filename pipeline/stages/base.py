@@ -37,13 +37,39 @@ class Group:
     masks: list[Any] | None = None  # PIL L masks (inpaint)
 
 
+def _multiple_of_8(pixels: float) -> int:
+    return max(8, int(pixels) // 8 * 8)
+
+
 def _target_size(size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
-    """The size an input image is resized to: the stage's width x height when set, else
-    its own size rounded down to a multiple of 8 (the VAE works on 8x8 cells; diffusers
+    """The size an input image is resized to: width x height when both are set; one of
+    them with the other side scaled to keep the image's aspect ratio; else the image's own
+    size. Sides are rounded down to a multiple of 8 (the VAE works on 8x8 cells; diffusers
     refuses other sizes in some pipelines and silently crops in others)."""
     if width and height:
         return width, height
-    return max(8, size[0] // 8 * 8), max(8, size[1] // 8 * 8)
+    if width:
+        return width, _multiple_of_8(size[1] * width / size[0])
+    if height:
+        return _multiple_of_8(size[0] * height / size[1]), height
+    return _multiple_of_8(size[0]), _multiple_of_8(size[1])
+
+
+def _size_label(group: Group) -> str:
+    if group.images:
+        width, height = group.images[0].size
+    elif group.width or group.height:  # 0: the model's default for that side
+        width, height = group.width or "default", group.height or "default"
+    else:
+        return "the model's default size"
+    return f"{width}x{height} px"
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """A GPU's out-of-memory error, or the CPU allocator's (a plain RuntimeError)."""
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(error)
 
 
 def _device_label(device: str) -> str:
@@ -250,6 +276,19 @@ class StageWorker:
                         pixels = (pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
                 except ValueError as error:  # diffusers refusing these inputs: these rows only
                     problem = f"stages.{self.index} ({self.kind}): the pipeline refused the input: {error}"
+                except RuntimeError as error:
+                    # Out of memory fails this group's rows, not the job: raised, it would end
+                    # the job, and every rerun would stop at the same chunk. Other errors are
+                    # bugs or broken devices and still end it.
+                    if not _out_of_memory(error):
+                        raise
+                    problem = (
+                        f"stages.{self.index} ({self.kind}): out of {self.device} memory for {len(rows)} images "
+                        f"at {_size_label(group)}; lower stages.{self.index}.batch_size, or width and height: "
+                        f"{str(error).splitlines()[0][:200]}"
+                    )
+                if problem is not None and self.device == "cuda":
+                    torch.cuda.empty_cache()  # the failed call's blocks, freed once its frames are gone
             if problem is not None:
                 status[rows] = B.FAILED
                 errors[rows] = problem
