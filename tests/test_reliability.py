@@ -294,3 +294,33 @@ def test_credentials_never_reach_logs_metadata_or_the_written_spec(tiny, s3, s3_
         if not path.endswith(".png"):
             everything += fs.cat_file(path).decode("latin-1")
     assert secret not in everything and "AKIAEXAMPLELEAKCHECK" not in everything
+
+
+def test_identical_rows_resume_chunk_by_chunk_like_a_clean_run(ray_cluster, tiny, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    # No id_column: row 5 is a copy of row 1, so they share a content id. Chunks of 4 rows.
+    prompts = [f"prompt {i}" for i in range(12)]
+    prompts[5] = prompts[1]
+    table = write_table(tmp_path / "p.parquet", {"prompt": prompts})
+    chain = [stage("txt2img", tiny["txt2img"], batch_size=4), stage("img2img", tiny["img2img"], batch_size=4)]
+
+    def chunks(out):  # the prompts of each committed chunk (metadata file)
+        return sorted(pq.read_table(file).column("prompt").to_pylist() for file in metadata_files(out))
+
+    run_job(parse_spec(job(table, str(tmp_path / "clean"), chain)), log=quiet)
+    clean = chunks(tmp_path / "clean")
+    assert [len(chunk) for chunk in clean] == [4, 4, 4]
+
+    # As after a kill that came after the first chunk's commit: only rows 0-3 are committed.
+    # Row 1's copy in the second chunk is then committed too, but that chunk must still run
+    # whole: with the copy dropped, the img2img stage merged the short chunk with the next.
+    shutil.copytree(tmp_path / "clean", tmp_path / "resumed")
+    for file in metadata_files(tmp_path / "resumed"):
+        if "prompt 0" not in pq.read_table(file).column("prompt").to_pylist():
+            file.unlink()
+    summary = run_job(parse_spec(job(table, str(tmp_path / "resumed"), chain)), log=quiet)
+    assert (summary.rows_skipped, summary.rows_ok) == (4, 8)
+    assert chunks(tmp_path / "resumed") == clean

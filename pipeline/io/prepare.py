@@ -137,11 +137,14 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
                 ids[i] = content_id([data[name][i] for name in sorted(data)])
     else:
         ids = [content_id([data[name][i] for name in sorted(data)]) for i in range(count)]
-    if source.skip_ids:
-        keep = [i for i, row_id in enumerate(ids) if row_id not in source.skip_ids]
-        if len(keep) < count:
-            data = {name: [values[i] for i in keep] for name, values in data.items()}
-            ids, errors, count = [ids[i] for i in keep], [errors[i] for i in keep], len(keep)
+    # A resumed run drops a chunk (this call's rows) only when every row of it is committed,
+    # and otherwise runs it whole. Chunks commit whole, so a chunk is partly committed only
+    # when an identical row (same content id) was committed in another chunk; dropping just
+    # that row would leave a short chunk mid-stream, which a later stage merges with the
+    # next one, changing both chunks' batch mates. Whole, it reruns as in a clean run.
+    if source.skip_ids and count and all(row_id in source.skip_ids for row_id in ids):
+        data = {name: [] for name in data}
+        ids, errors, count = [], [], 0
 
     # 2. Seeds: the row's own seed column, else derived from the job seed and the row id.
     seed_column = source.overrides.get("seed")
