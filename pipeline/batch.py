@@ -33,6 +33,9 @@ PREPARE_SECONDS = "prepare_seconds"
 # the chunk adds now - HANDOFF_AT. Clocks of different nodes may differ by milliseconds.
 HANDOFF_AT = "handoff_at"
 QUEUE_SECONDS = "queue_seconds"
+# True for a row an earlier run committed, in a chunk that runs again for its other rows:
+# it is generated as their batch mate, and never written.
+COMMITTED = "committed"
 STATUS = "status"
 ERROR = "error"
 OK, FAILED = "ok", "failed"

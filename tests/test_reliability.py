@@ -296,7 +296,14 @@ def test_credentials_never_reach_logs_metadata_or_the_written_spec(tiny, s3, s3_
     assert secret not in everything and "AKIAEXAMPLELEAKCHECK" not in everything
 
 
-def test_identical_rows_resume_chunk_by_chunk_like_a_clean_run(ray_cluster, tiny, tmp_path):
+def chunk_prompts(out):
+    """The prompts of each committed chunk (metadata file)."""
+    import pyarrow.parquet as pq
+
+    return sorted(sorted(pq.read_table(file).column("prompt").to_pylist()) for file in metadata_files(out))
+
+
+def test_a_partly_committed_chunk_keeps_its_batch_mates_and_writes_only_new_rows(ray_cluster, tiny, tmp_path):
     import shutil
 
     import pyarrow.parquet as pq
@@ -306,21 +313,39 @@ def test_identical_rows_resume_chunk_by_chunk_like_a_clean_run(ray_cluster, tiny
     prompts[5] = prompts[1]
     table = write_table(tmp_path / "p.parquet", {"prompt": prompts})
     chain = [stage("txt2img", tiny["txt2img"], batch_size=4), stage("img2img", tiny["img2img"], batch_size=4)]
-
-    def chunks(out):  # the prompts of each committed chunk (metadata file)
-        return sorted(pq.read_table(file).column("prompt").to_pylist() for file in metadata_files(out))
-
     run_job(parse_spec(job(table, str(tmp_path / "clean"), chain)), log=quiet)
-    clean = chunks(tmp_path / "clean")
-    assert [len(chunk) for chunk in clean] == [4, 4, 4]
+    clean = {row["prompt"]: row["sha256"] for row in read_metadata(str(tmp_path / "clean"))}
+    assert [len(chunk) for chunk in chunk_prompts(tmp_path / "clean")] == [4, 4, 4]
 
-    # As after a kill that came after the first chunk's commit: only rows 0-3 are committed.
-    # Row 1's copy in the second chunk is then committed too, but that chunk must still run
-    # whole: with the copy dropped, the img2img stage merged the short chunk with the next.
+    # As after a kill that came after the first chunk's commit: only rows 0-3 are committed,
+    # so the second chunk is partly committed (row 5 = row 1). It runs with all four rows,
+    # as a clean run does, and writes three: the copy is neither written nor counted again.
+    # (Dropping the copy left a 3-row chunk that the img2img stage merged with the next.)
     shutil.copytree(tmp_path / "clean", tmp_path / "resumed")
     for file in metadata_files(tmp_path / "resumed"):
         if "prompt 0" not in pq.read_table(file).column("prompt").to_pylist():
             file.unlink()
     summary = run_job(parse_spec(job(table, str(tmp_path / "resumed"), chain)), log=quiet)
-    assert (summary.rows_skipped, summary.rows_ok) == (4, 8)
-    assert chunks(tmp_path / "resumed") == clean
+    assert (summary.rows_skipped, summary.rows_ok) == (4, 7)
+    assert chunk_prompts(tmp_path / "resumed") == [
+        [f"prompt {i}" for i in (0, 1, 2, 3)],
+        [f"prompt {i}" for i in (10, 11, 8, 9)],
+        [f"prompt {i}" for i in (4, 6, 7)],
+    ]
+    assert {row["prompt"]: row["sha256"] for row in read_metadata(str(tmp_path / "resumed"))} == clean
+
+    # Rows appended to the input: the last chunk grows from 2 rows to 4. Its 2 committed
+    # rows are batch mates again, and only the 2 new ones are written, with the bytes of a
+    # clean run of the grown table; the 2 old ones keep theirs (made with 2 batch mates,
+    # which on this CPU already changes some bytes).
+    short = write_table(tmp_path / "short.parquet", {"prompt": prompts[:10]})
+    run_job(parse_spec(job(short, str(tmp_path / "grown"), chain)), log=quiet)
+    before = {row["prompt"]: row["sha256"] for row in read_metadata(str(tmp_path / "grown"))}
+    shutil.copy(table, short)
+    summary = run_job(parse_spec(job(short, str(tmp_path / "grown"), chain)), log=quiet)
+    assert (summary.rows_skipped, summary.rows_ok) == (9, 2)  # 10 rows, 9 ids
+    rows = read_metadata(str(tmp_path / "grown"))
+    assert sorted(row["prompt"] for row in rows) == sorted(prompts)  # each row once, the copy with its chunk
+    assert {row["prompt"]: row["sha256"] for row in rows} == {
+        **before, "prompt 10": clean["prompt 10"], "prompt 11": clean["prompt 11"]
+    }

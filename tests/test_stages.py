@@ -208,8 +208,9 @@ def test_out_of_memory_fails_that_group_only_and_names_the_fields_to_lower(tiny)
     out = worker(batch)
     assert list(out[B.STATUS]) == ["failed", "failed", "ok"]
     assert out[B.ERROR][0] == out[B.ERROR][1] == (
-        "stages.0 (txt2img): out of cpu memory for 2 images at 32x32 px; lower stages.0.batch_size, "
-        "or width and height: CUDA out of memory. Tried to allocate 2.00 GiB"
+        "stages.0 (txt2img): out of cpu memory for 2 images at 32x32 px; run with a smaller "
+        "stages.0.batch_size, or stages.0.width and height into a new output.path: "
+        "CUDA out of memory. Tried to allocate 2.00 GiB"
     )
     # Any other runtime error is not the rows' fault: it still ends the call.
     with pytest.raises(RuntimeError, match="illegal memory access"):

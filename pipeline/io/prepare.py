@@ -32,7 +32,8 @@ class RowSource:
     roles: dict[str, str]
     # override parameter -> column name, only for those present ("seed" included)
     overrides: dict[str, str] = field(default_factory=dict)
-    # rows a previous run committed: dropped here, before any image is fetched
+    # rows a previous run committed: their chunks are dropped here, before any image is
+    # fetched, when every row is committed; else these rows ride along unwritten
     skip_ids: frozenset[str] = frozenset()
     max_image_pixels: int | None = None
     # the first stage needs a non-empty prompt (txt2img, img2img, inpaint do; upscale not)
@@ -137,14 +138,17 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
                 ids[i] = content_id([data[name][i] for name in sorted(data)])
     else:
         ids = [content_id([data[name][i] for name in sorted(data)]) for i in range(count)]
-    # A resumed run drops a chunk (this call's rows) only when every row of it is committed,
-    # and otherwise runs it whole. Chunks commit whole, so a chunk is partly committed only
-    # when an identical row (same content id) was committed in another chunk; dropping just
-    # that row would leave a short chunk mid-stream, which a later stage merges with the
-    # next one, changing both chunks' batch mates. Whole, it reruns as in a clean run.
-    if source.skip_ids and count and all(row_id in source.skip_ids for row_id in ids):
+    # A resumed run drops a chunk (this call's rows) whose rows are all committed. Chunks
+    # commit whole, so a chunk is partly committed only when the input changed (rows added
+    # to a file or a folder) or an identical row (same content id) was committed in another
+    # chunk. Such a chunk keeps its committed rows as batch mates, generated again but never
+    # written: the other rows get the batch mates, so the bytes, of a clean run, and the
+    # chunk stays whole (a short chunk mid-stream would be merged with the next one by a
+    # later stage's batching).
+    committed = [row_id in source.skip_ids for row_id in ids]
+    if count and all(committed):
         data = {name: [] for name in data}
-        ids, errors, count = [], [], 0
+        ids, errors, committed, count = [], [], [], 0
 
     # 2. Seeds: the row's own seed column, else derived from the job seed and the row id.
     seed_column = source.overrides.get("seed")
@@ -186,6 +190,7 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
             columns = (B.object_column([b""] * count), np.zeros(count, np.int64), np.zeros(count, np.int64))
         out.update(zip(names, columns))
 
+    out[B.COMMITTED] = np.array(committed, dtype=bool)
     out[B.STATUS] = B.object_column([B.OK if e is None else B.FAILED for e in errors])
     out[B.ERROR] = B.object_column([e or "" for e in errors])
     out[B.PREPARE_SECONDS] = np.full(count, (time.perf_counter() - started) / max(count, 1))

@@ -62,7 +62,7 @@ def input_schema(spec: JobSpec):
     fs, files = input_files(spec.input.path, spec.input_storage_options())
     for file in files:
         try:
-            if not fs.size(file):
+            if fs.size(file) == 0:
                 continue
             with fs.open(file, "rb") as handle:
                 return pq.read_schema(handle)

@@ -146,6 +146,9 @@ def write_outputs(batch: dict[str, np.ndarray], target: OutputTarget):
     import pyarrow.parquet as pq
 
     started = time.perf_counter()
+    if B.COMMITTED in batch and batch[B.COMMITTED].any():  # batch mates an earlier run wrote
+        fresh = ~batch[B.COMMITTED]
+        batch = {name: column[fresh] for name, column in batch.items()}
     count = len(batch[B.ID])
     if not count:  # every row of the chunk was committed by an earlier run
         return metadata_schema().empty_table().select(["id", "status", "error"])

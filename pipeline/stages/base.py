@@ -55,21 +55,16 @@ def _target_size(size: tuple[int, int], width: int, height: int) -> tuple[int, i
     return _multiple_of_8(size[0]), _multiple_of_8(size[1])
 
 
-def _size_label(group: Group) -> str:
-    if group.images:
-        width, height = group.images[0].size
-    elif group.width or group.height:  # 0: the model's default for that side
-        width, height = group.width or "default", group.height or "default"
-    else:
-        return "the model's default size"
-    return f"{width}x{height} px"
+# Out-of-memory errors that torch raises as a plain RuntimeError: the CPU allocator's, and
+# CUDA libraries failing to get a workspace.
+_OUT_OF_MEMORY_TEXT = ("DefaultCPUAllocator: can't allocate memory", "CUDA error: out of memory",
+                       "CUBLAS_STATUS_ALLOC_FAILED")
 
 
 def _out_of_memory(error: BaseException) -> bool:
-    """A GPU's out-of-memory error, or the CPU allocator's (a plain RuntimeError)."""
     import torch
 
-    return isinstance(error, torch.OutOfMemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(error)
+    return isinstance(error, torch.OutOfMemoryError) or any(text in str(error) for text in _OUT_OF_MEMORY_TEXT)
 
 
 def _device_label(device: str) -> str:
@@ -151,6 +146,25 @@ class StageWorker:
         if self.needs_image and not batch[B.WIDTH][row]:
             return f"stages.{self.index} ({self.kind}): the row has no input image"
         return None
+
+    def _size_label(self, group: Group) -> str:
+        """The size a group generates at, for messages."""
+        if group.images:
+            width, height = group.images[0].size
+            if self.kind == "upscale":
+                return f"{width}x{height} px in ({4 * width}x{4 * height} px out)"
+        elif group.width or group.height:  # 0: the model's default for that side
+            width, height = group.width or "default", group.height or "default"
+        else:
+            return "the model's default size"
+        return f"{width}x{height} px"
+
+    def _smaller_fields(self) -> str:
+        """The spec fields that shrink this stage's memory use."""
+        batch = f"a smaller stages.{self.index}.batch_size"
+        if self.kind == "upscale":  # its size is its input's: set by an earlier stage or the table
+            return f"{batch}, or smaller input images"
+        return f"{batch}, or stages.{self.index}.width and height"
 
     # ------------------------------------------------------------ the batch path
 
@@ -284,7 +298,7 @@ class StageWorker:
                         raise
                     problem = (
                         f"stages.{self.index} ({self.kind}): out of {self.device} memory for {len(rows)} images "
-                        f"at {_size_label(group)}; lower stages.{self.index}.batch_size, or width and height: "
+                        f"at {self._size_label(group)}; run with {self._smaller_fields()} into a new output.path: "
                         f"{str(error).splitlines()[0][:200]}"
                     )
                 if problem is not None and self.device == "cuda":
