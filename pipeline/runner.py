@@ -118,7 +118,9 @@ def rows_to_skip(spec: JobSpec, retry_failed: bool, log: Callable[[str], None]) 
         if failed:
             redo = uncommit_chunks(spec.output.path, options, failed)
             log(f"retrying {len(failed)} failed rows ({len(redo)} rows in their chunks)")
-            committed = {row_id: status for row_id, status in committed.items() if row_id not in redo}
+            # Read again, not filtered: an identical row (same content id) of a removed chunk
+            # may still be committed in another chunk, which must then not run again.
+            committed = committed_rows(spec.output.path, options)
     if committed:
         log(f"resuming: {len(committed)} rows already committed in {spec.output.path}")
     return committed

@@ -138,13 +138,13 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
                 ids[i] = content_id([data[name][i] for name in sorted(data)])
     else:
         ids = [content_id([data[name][i] for name in sorted(data)]) for i in range(count)]
-    # A resumed run drops a chunk (this call's rows) whose rows are all committed. Chunks
-    # commit whole, so a chunk is partly committed only when the input changed (rows added
-    # to a file or a folder) or an identical row (same content id) was committed in another
-    # chunk. Such a chunk keeps its committed rows as batch mates, generated again but never
-    # written: the other rows get the batch mates, so the bytes, of a clean run, and the
-    # chunk stays whole (a short chunk mid-stream would be merged with the next one by a
-    # later stage's batching).
+    # A resumed run drops a chunk (this call's rows) whose rows are all committed. A run
+    # commits each chunk in one file, so a chunk is partly committed only when the input
+    # changed under the same input.path (rows added, removed or reordered) or an identical
+    # row (same content id) was committed in another chunk. Such a chunk keeps its committed
+    # rows as batch mates, generated again but never written: the other rows get the batch
+    # mates, so the bytes, of a clean run of this input, and the chunk stays whole (a short
+    # chunk mid-stream would be merged with the next one by a later stage's batching).
     committed = [row_id in source.skip_ids for row_id in ids]
     if count and all(committed):
         data = {name: [] for name in data}

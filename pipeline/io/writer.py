@@ -147,7 +147,7 @@ def write_outputs(batch: dict[str, np.ndarray], target: OutputTarget):
 
     started = time.perf_counter()
     if B.COMMITTED in batch and batch[B.COMMITTED].any():  # batch mates an earlier run wrote
-        fresh = ~batch[B.COMMITTED]
+        fresh = ~np.asarray(batch[B.COMMITTED], dtype=bool)
         batch = {name: column[fresh] for name, column in batch.items()}
     count = len(batch[B.ID])
     if not count:  # every row of the chunk was committed by an earlier run
