@@ -8,6 +8,7 @@ Nothing in this module imports torch or diffusers, so `synth validate` is fast.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,9 @@ _CREDENTIAL_KEYS = {
     "aws_secret_access_key",
     "aws_session_token",
     "session_token",
+    # server-side encryption with a customer key (s3fs passes it through s3_additional_kwargs)
+    "ssecustomerkey",
+    "sse_customer_key",
 }
 
 
@@ -317,7 +321,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         path, sep, text = override.partition("=")
         if not sep or not path:
             raise SpecError(f"--set {override!r}: expected PATH=VALUE, e.g. stages.0.steps=2")
-        value = yaml.safe_load(text)
+        value = _override_value(path, text)
         parts = path.split(".")
         node: Any = raw
         for depth, part in enumerate(parts[:-1]):
@@ -333,8 +337,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _override_value(path: str, text: str) -> Any:
+    """A --set value parsed as YAML, refusing what YAML would read otherwise than meant."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        problem = str(error).splitlines()[0]
+        raise SpecError(
+            f"--set {path}: {text!r} is not a valid YAML value ({problem}); quote it, e.g. --set {path}='\"{text}\"'"
+        ) from None
+    if "#" in text and "#" not in str(value):
+        raise SpecError(f"--set {path}: YAML reads the '#' in {text!r} as the start of a comment; quote the value")
+    return value
+
+
 def _index(node: list, part: str, path: str) -> int:
-    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+    if not re.fullmatch(r"-?\d+", part) or not -len(node) <= int(part) < len(node):
         raise SpecError(f"--set {path}: no item {part!r} (the list has {len(node)} items)")
     return int(part)
 
@@ -360,6 +380,28 @@ def parse_spec(raw: Any, source: str = "spec") -> JobSpec:
         raise SpecError(f"{source} is invalid:\n{format_validation_error(error)}") from None
 
 
+def _strict_loader():
+    """A safe YAML loader that refuses a key given twice in one mapping (plain YAML keeps the
+    last one silently, so a duplicated `steps:` would hide a typo)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, (str, int, float, bool)) and key is not None:
+                    continue  # an unhashable key: SafeLoader's own error names it
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} appears twice in one mapping", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     """Load a YAML or JSON job spec from a file, apply overrides, validate."""
     import yaml
@@ -370,7 +412,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     except OSError as error:
         raise SpecError(f"cannot read job spec {path}: {error.strerror or error}") from None
     try:
-        raw = yaml.safe_load(text)  # YAML is a superset of JSON: one loader serves both
+        raw = yaml.load(text, Loader=_strict_loader())  # YAML is a superset of JSON: one loader serves both
     except yaml.YAMLError as error:
         raise SpecError(f"{path} is not valid YAML or JSON: {error}") from None
     if isinstance(raw, dict) and overrides:

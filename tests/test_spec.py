@@ -45,6 +45,10 @@ def test_defaults_are_filled_per_kind():
             lambda s: s["input"].update(storage_options={"client_kwargs": {"aws_secret_access_key": "x"}}),
             "input.storage_options.client_kwargs.aws_secret_access_key",
         ),
+        (
+            lambda s: s.update(storage_options={"s3_additional_kwargs": {"SSECustomerKey": "x"}}),
+            "storage_options.s3_additional_kwargs.SSECustomerKey",
+        ),
         (lambda s: s.pop("stages"), "stages"),
     ],
 )
@@ -66,6 +70,34 @@ def test_yaml_file_with_overrides(tmp_path):
     assert spec.output.format == "jpeg"
     with pytest.raises(SpecError, match="no item '5'"):
         load_spec(file, ["stages.5.steps=2"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stages.0.negative_prompt=*blurry*", "--set stages.0.negative_prompt: '*blurry*' is not a valid YAML value"),
+        ("stages.0.negative_prompt=blurry, low #2", "the '#' in 'blurry, low #2' as the start of a comment"),
+        ("stages.--1.steps=2", "--set stages.--1: no item '--1'"),
+    ],
+)
+def test_set_values_yaml_would_misread_are_refused_with_the_path(tmp_path, override, message):
+    import yaml
+
+    file = tmp_path / "job.yaml"
+    file.write_text(yaml.safe_dump(valid()))
+    with pytest.raises(SpecError) as caught:
+        load_spec(file, [override])
+    assert message in str(caught.value)
+    quoted = load_spec(file, ["stages.0.negative_prompt='blurry, low #2'", "stages.-1.steps=3"])
+    assert (quoted.stages[0].negative_prompt, quoted.stages[1].steps) == ("blurry, low #2", 3)
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    file = tmp_path / "job.yaml"
+    file.write_text("name: j\ninput: {path: p.parquet}\nstages:\n  - {kind: txt2img, model: m, steps: 3, steps: 4}\n"
+                    "output: {path: out}\n")
+    with pytest.raises(SpecError, match="the key 'steps' appears twice in one mapping"):
+        load_spec(file)
 
 
 def test_json_spec_loads_too(tmp_path):
