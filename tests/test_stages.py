@@ -215,3 +215,22 @@ def test_out_of_memory_fails_that_group_only_and_names_the_fields_to_lower(tiny)
     # Any other runtime error is not the rows' fault: it still ends the call.
     with pytest.raises(RuntimeError, match="illegal memory access"):
         worker(prepared({"prompt": ["broken"]}, {"prompt": "prompt"}))
+
+
+def test_decode_applies_the_exif_orientation_of_phone_photos():
+    import io
+
+    from PIL import Image
+
+    # Stored 16 wide x 8 high, left half red; orientation 6 says "rotate 90 degrees clockwise
+    # to view", so the upright image is 8 wide x 16 high with the red half on top.
+    stored = np.zeros((8, 16, 3), np.uint8)
+    stored[:, :8] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, "PNG", exif=exif)
+    upright = decode(buffer.getvalue(), "RGB")
+    assert upright.shape == (16, 8, 3)
+    assert (upright[:8, :, 0] == 255).all() and (upright[8:, :, 0] == 0).all()
+    assert decode(buffer.getvalue(), "L").shape == (16, 8)

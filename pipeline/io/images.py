@@ -74,8 +74,10 @@ def decode(data: bytes, mode: str, max_pixels: int | None = None) -> np.ndarray:
 
     The size is read from the header and checked against `max_pixels` before any pixel is
     decoded, so a decompression bomb (a tiny file claiming a huge image) costs nothing.
+    An EXIF orientation (phone photos) is applied, so the pixels are upright as viewers
+    show them and a mask drawn on the upright view fits its image.
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     if max_pixels is not None:
         Image.MAX_IMAGE_PIXELS = None  # our budget, checked below, replaces PIL's global one
@@ -85,7 +87,7 @@ def decode(data: bytes, mode: str, max_pixels: int | None = None) -> np.ndarray:
             raise PixelBudgetError(
                 f"{width}x{height} = {width * height} pixels is over input.max_image_pixels ({max_pixels})"
             )
-        return np.asarray(image.convert(mode))
+        return np.asarray(ImageOps.exif_transpose(image).convert(mode))
 
 
 def describe_decode_error(error: Exception) -> str:
