@@ -95,16 +95,18 @@ def refuse_pickles(files: list[str], model: str) -> None:
 
 
 def _local_fingerprint(folder: Path) -> str:
-    """Names and sizes of every file plus the content of the small config files: cheap even
-    for multi-GB weights, and it changes whenever a config or a weight file changes size."""
+    """Names, sizes and modification times of every file plus the content of the small
+    config files: cheap even for multi-GB weights, and it changes whenever a file is
+    rewritten (a fine-tune saved over the old weights keeps their sizes). A copy that does
+    not keep modification times gets a new fingerprint for the same bytes."""
     entries = []
     for file in sorted(folder.rglob("*")):
         if not file.is_file():
             continue
         rel = file.relative_to(folder).as_posix()
-        size = file.stat().st_size
+        stat = file.stat()
         content = hashlib.sha256(file.read_bytes()).hexdigest() if file.suffix == ".json" else ""
-        entries.append((rel, size, content))
+        entries.append((rel, stat.st_size, stat.st_mtime_ns, content))
     return _fingerprint(entries)
 
 
@@ -148,8 +150,13 @@ def _check_hub(model: str, revision: str | None) -> None:
         raise ModelError(
             f"model {model!r} is not in the local Hugging Face cache "
             f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the hub cannot be reached: "
-            f"{type(error).__name__}: {str(error)[:200]}"
+            f"{type(error).__name__}: {str(error)[:200]}{_no_local_folder(model)}"
         ) from None
+
+
+def _no_local_folder(model: str) -> str:
+    """A hub id and a relative path look alike ("models/sd15"): say we looked for both."""
+    return f"; nor is there a local folder {os.path.abspath(model)}" if "/" in model else ""
 
 
 def _download_s3(model: str, storage_options: dict[str, Any] | None, allow_pickle: bool) -> ResolvedModel:
@@ -176,13 +183,20 @@ def _download_s3(model: str, storage_options: dict[str, Any] | None, allow_pickl
     with open(f"{target}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "model_index.json").is_file():
+            # Holding the lock, no one else downloads this model on this node: any staging
+            # folder left is from a process killed mid-download (gigabytes for a real model).
+            for stale in target.parent.glob(f"{target.name}.partial-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             staging = Path(f"{target}.partial-{os.getpid()}")
-            shutil.rmtree(staging, ignore_errors=True)
-            for path, (rel, _, _) in zip(wanted, entries):
-                local = staging / rel
-                local.parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(path, str(local))
-            os.replace(staging, target)
+            try:
+                for path, (rel, _, _) in zip(wanted, entries):
+                    local = staging / rel
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    fs.get_file(path, str(local))
+                os.replace(staging, target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
     return ResolvedModel(model, str(target), revision)
 
 
@@ -199,7 +213,7 @@ def _resolve_hub(model: str, revision: str | None, allow_pickle: bool) -> Resolv
             raise ModelError(
                 f"model {model!r} is not in the local Hugging Face cache "
                 f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and could not be downloaded: "
-                f"{type(error).__name__}: {error}"
+                f"{type(error).__name__}: {error}{_no_local_folder(model)}"
             ) from None
     return ResolvedModel(model, path, Path(path).name)
 

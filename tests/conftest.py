@@ -142,3 +142,10 @@ def write_table(path: str | Path, columns: dict, storage_options: dict | None = 
     with fs.open(inner, "wb") as handle:
         pq.write_table(pa.table(columns), handle)
     return str(path)
+
+
+def upload_folder(fs, local: Path, remote: str) -> None:
+    """Copy a local folder (a model) to an s3 prefix."""
+    for file in sorted(Path(local).rglob("*")):
+        if file.is_file():
+            fs.put_file(str(file), f"{remote}/{file.relative_to(local).as_posix()}")

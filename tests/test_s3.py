@@ -3,18 +3,12 @@
 import hashlib
 
 import pytest
-from conftest import job, png_bytes, read_metadata, stage, write_table
+from conftest import job, png_bytes, read_metadata, stage, upload_folder, write_table
 
 from pipeline.runner import run_job
 from pipeline.spec import SpecError, parse_spec
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def upload_folder(fs, local, remote: str) -> None:
-    for file in sorted(local.rglob("*")):
-        if file.is_file():
-            fs.put_file(str(file), f"{remote}/{file.relative_to(local).as_posix()}")
 
 
 def test_prompts_and_model_from_s3_outputs_to_s3(ray_cluster, tiny, s3, tmp_path):
