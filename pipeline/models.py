@@ -94,6 +94,28 @@ def refuse_pickles(files: list[str], model: str) -> None:
         )
 
 
+def refuse_pickle_only_components(files: list[str], model: str) -> None:
+    """For a remote model, fetched without its pickle files: refuse it when a component
+    (a subfolder) has pickle weights and no safetensors, since it could not load. A mirror
+    that ships both, as many hub repos do, is fine: the pickles are never downloaded."""
+    by_component: dict[str, list[str]] = {}
+    for rel in files:
+        component, sep, name = rel.partition("/")
+        if sep:
+            by_component.setdefault(component, []).append(name)
+    pickle_only = sorted(
+        component
+        for component, names in by_component.items()
+        if any(n.endswith(PICKLE_SUFFIXES) for n in names) and not any(n.endswith(".safetensors") for n in names)
+    )
+    if pickle_only:
+        raise ModelError(
+            f"{model}: {', '.join(pickle_only)} {'has' if len(pickle_only) == 1 else 'have'} only pickle weights, "
+            "which can run code when loaded and are not downloaded; convert them to safetensors, or set "
+            "allow_pickle: true on the stage if you trust them"
+        )
+
+
 def _local_fingerprint(folder: Path) -> str:
     """Names, sizes and modification times of every file plus the content of the small
     config files: cheap even for multi-GB weights, and it changes whenever a file is
@@ -121,7 +143,7 @@ def check_model_source(
         if not fs.exists(storage.join(inner, "model_index.json")):
             raise ModelError(f"no diffusers model at {model}: model_index.json not found there")
         if not allow_pickle:
-            refuse_pickles([f[len(inner) :].lstrip("/") for f in fs.find(inner)], model)
+            refuse_pickle_only_components([f[len(inner) :].lstrip("/") for f in fs.find(inner)], model)
     elif source == "local":
         folder = Path(model.removeprefix("file://")).expanduser()
         if not (folder / "model_index.json").is_file():

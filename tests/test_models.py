@@ -60,3 +60,20 @@ def test_a_missing_relative_folder_is_reported_as_neither_hub_id_nor_folder(tmp_
     )
     assert result.returncode != 0
     assert f"nor is there a local folder {tmp_path / 'models' / 'sd15'}" in result.stderr
+
+
+def test_an_s3_model_that_ships_pickles_beside_safetensors_loads_without_them(tiny, s3):
+    from pipeline.models import ModelError, check_model_source
+
+    bucket, options, fs = s3
+    model = f"{bucket}/models/mirror"
+    upload_folder(fs, Path(tiny["txt2img"]), model)
+    fs.pipe_file(f"{model}/unet/diffusion_pytorch_model.bin", b"not unpickled")  # as hub repos ship
+    check_model_source(model, storage_options=options)
+    folder = Path(resolve_model(model, storage_options=options).path)
+    assert (folder / "unet").is_dir() and not list(folder.rglob("*.bin"))
+
+    for weights in fs.glob(f"{model}/unet/*.safetensors"):
+        fs.rm_file(weights)  # now the unet could only load from the pickle
+    with pytest.raises(ModelError, match="unet has only pickle weights"):
+        check_model_source(model, storage_options=options)
