@@ -106,7 +106,9 @@ def refuse_pickle_only_components(files: list[str], model: str) -> None:
     pickle_only = sorted(
         component
         for component, names in by_component.items()
-        if any(n.endswith(PICKLE_SUFFIXES) for n in names) and not any(n.endswith(".safetensors") for n in names)
+        if any(n.endswith(PICKLE_SUFFIXES) for n in names)
+        # only weights the download takes: fp16, EMA and non-EMA variants are skipped
+        and not any(n.endswith(".safetensors") and _wanted(f"{component}/{n}", False) for n in names)
     )
     if pickle_only:
         raise ModelError(
@@ -116,17 +118,22 @@ def refuse_pickle_only_components(files: list[str], model: str) -> None:
         )
 
 
-def _local_fingerprint(folder: Path) -> str:
+def _local_fingerprint(folder: Path, every_byte: bool = False) -> str:
     """Names, sizes and modification times of every file plus the content of the small
     config files: cheap even for multi-GB weights, and it changes whenever a file is
     rewritten (a fine-tune saved over the old weights keeps their sizes). A copy that does
-    not keep modification times gets a new fingerprint for the same bytes."""
+    not keep modification times gets a new fingerprint for the same bytes. every_byte:
+    the contents of every file instead of times, for a small model that is copied around
+    (the built-in one travels to each node in Ray's package, which resets the times)."""
     entries = []
     for file in sorted(folder.rglob("*")):
         if not file.is_file():
             continue
         rel = file.relative_to(folder).as_posix()
         stat = file.stat()
+        if every_byte:
+            entries.append((rel, stat.st_size, hashlib.sha256(file.read_bytes()).hexdigest()))
+            continue
         content = hashlib.sha256(file.read_bytes()).hexdigest() if file.suffix == ".json" else ""
         entries.append((rel, stat.st_size, stat.st_mtime_ns, content))
     return _fingerprint(entries)
@@ -252,7 +259,7 @@ def resolve_model(
         return _resolve_hub(model, revision, allow_pickle)
     if source == "builtin":
         folder = builtin_folder(model)
-        return ResolvedModel(model, str(folder), _local_fingerprint(folder))
+        return ResolvedModel(model, str(folder), _local_fingerprint(folder, every_byte=True))
     folder = Path(model.removeprefix("file://")).expanduser().resolve()
     if not (folder / "model_index.json").is_file():
         raise ModelError(f"no diffusers model at {folder}: model_index.json not found there")

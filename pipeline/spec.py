@@ -343,13 +343,17 @@ def _override_value(path: str, text: str) -> Any:
 
     try:
         value = yaml.safe_load(text)
+        # The scanner skips comments: text left after the last token is one YAML ignored.
+        tokens = [token for token in yaml.scan(text) if token.end_mark.index > token.start_mark.index]
     except yaml.YAMLError as error:
         problem = str(error).splitlines()[0]
+        raise SpecError(f"--set {path}: {text!r} is not a valid YAML value ({problem}); quote it as a YAML string") from None
+    end = max((token.end_mark.index for token in tokens), default=0)
+    if text[end:].strip():
         raise SpecError(
-            f"--set {path}: {text!r} is not a valid YAML value ({problem}); quote it, e.g. --set {path}='\"{text}\"'"
-        ) from None
-    if "#" in text and "#" not in str(value):
-        raise SpecError(f"--set {path}: YAML reads the '#' in {text!r} as the start of a comment; quote the value")
+            f"--set {path}: YAML reads {text[end:].strip()!r} in {text!r} as a comment and drops it; "
+            "quote the value as a YAML string"
+        )
     return value
 
 
@@ -389,8 +393,12 @@ def _strict_loader():
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` merges a mapping; its keys may be overridden here
                 key = self.construct_object(key_node, deep=deep)
-                if not isinstance(key, (str, int, float, bool)) and key is not None:
+                try:
+                    hash(key)
+                except TypeError:
                     continue  # an unhashable key: SafeLoader's own error names it
                 if key in seen:
                     raise yaml.constructor.ConstructorError(

@@ -74,6 +74,20 @@ def test_an_s3_model_that_ships_pickles_beside_safetensors_loads_without_them(ti
     assert (folder / "unet").is_dir() and not list(folder.rglob("*.bin"))
 
     for weights in fs.glob(f"{model}/unet/*.safetensors"):
-        fs.rm_file(weights)  # now the unet could only load from the pickle
+        # now the unet's only safetensors is an fp16 variant, which the download skips
+        fs.mv(weights, weights.replace(".safetensors", ".fp16.safetensors"))
     with pytest.raises(ModelError, match="unet has only pickle weights"):
         check_model_source(model, storage_options=options)
+
+
+def test_the_built_in_model_revision_follows_its_bytes_not_its_file_times(tmp_path):
+    from pipeline.models import _local_fingerprint, builtin_folder
+
+    copy = tmp_path / "shapes"
+    shutil.copytree(builtin_folder("synth:shapes"), copy)  # new modification times, as on another node
+    assert _local_fingerprint(copy, every_byte=True) == resolve_model("synth:shapes").revision
+    weights = next(copy.glob("unet/*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert _local_fingerprint(copy, every_byte=True) != resolve_model("synth:shapes").revision

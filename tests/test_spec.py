@@ -76,7 +76,9 @@ def test_yaml_file_with_overrides(tmp_path):
     "override, message",
     [
         ("stages.0.negative_prompt=*blurry*", "--set stages.0.negative_prompt: '*blurry*' is not a valid YAML value"),
-        ("stages.0.negative_prompt=blurry, low #2", "the '#' in 'blurry, low #2' as the start of a comment"),
+        ("stages.0.negative_prompt=blurry, low #2", "YAML reads '#2' in 'blurry, low #2' as a comment"),
+        ("stages.0.negative_prompt=C# #2", "YAML reads '#2' in 'C# #2' as a comment"),
+        ("stages.0.steps=5 # five", "YAML reads '# five' in '5 # five' as a comment"),
         ("stages.--1.steps=2", "--set stages.--1: no item '--1'"),
     ],
 )
@@ -88,8 +90,8 @@ def test_set_values_yaml_would_misread_are_refused_with_the_path(tmp_path, overr
     with pytest.raises(SpecError) as caught:
         load_spec(file, [override])
     assert message in str(caught.value)
-    quoted = load_spec(file, ["stages.0.negative_prompt='blurry, low #2'", "stages.-1.steps=3"])
-    assert (quoted.stages[0].negative_prompt, quoted.stages[1].steps) == ("blurry, low #2", 3)
+    quoted = load_spec(file, ["stages.0.negative_prompt='blurry, low #2'", "stages.-1.steps=3", "output.path=out#1"])
+    assert (quoted.stages[0].negative_prompt, quoted.stages[1].steps, quoted.output.path) == ("blurry, low #2", 3, "out#1")
 
 
 def test_a_key_given_twice_is_refused(tmp_path):
@@ -98,6 +100,11 @@ def test_a_key_given_twice_is_refused(tmp_path):
                     "output: {path: out}\n")
     with pytest.raises(SpecError, match="the key 'steps' appears twice in one mapping"):
         load_spec(file)
+    # A merge key is not a duplicate, and a key may override a merged one.
+    file.write_text("name: j\ninput: {path: p.parquet}\nbase: &base {kind: txt2img, model: m, steps: 3}\n"
+                    "stages:\n  - {<<: *base, steps: 4}\noutput: {path: out}\n")
+    with pytest.raises(SpecError, match="base: Extra inputs are not permitted"):
+        load_spec(file)  # merged fine; the top-level anchor holder is what the spec refuses
 
 
 def test_json_spec_loads_too(tmp_path):
