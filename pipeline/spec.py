@@ -315,8 +315,6 @@ def format_validation_error(error: ValidationError) -> str:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `dotted.path=value` overrides; values are parsed as YAML (so 2 is an int)."""
-    import yaml
-
     for override in overrides:
         path, sep, text = override.partition("=")
         if not sep or not path:

@@ -234,3 +234,16 @@ def test_decode_applies_the_exif_orientation_of_phone_photos():
     assert upright.shape == (16, 8, 3)
     assert (upright[:8, :, 0] == 255).all() and (upright[8:, :, 0] == 0).all()
     assert decode(buffer.getvalue(), "L").shape == (16, 8)
+
+
+def test_out_of_memory_in_upscale_names_its_input_and_output_size(tiny):
+    class SmallMemory(WORKERS["upscale"]):
+        def generate(self, group):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    batch = prepared({"prompt": ["a"], "image": [png_bytes(size=(16, 8))]}, {"prompt": "prompt", "image": "image"})
+    out = SmallMemory({"kind": "upscale", "model": tiny["upscale"], "steps": 2}, index=1)(batch)
+    assert out[B.ERROR][0] == (
+        "stages.1 (upscale): out of cpu memory for 1 images at 16x8 px in (64x32 px out); run with a smaller "
+        "stages.1.batch_size, or smaller input images into a new output.path: CUDA out of memory. Tried to allocate 8.00 GiB"
+    )

@@ -147,24 +147,19 @@ class StageWorker:
             return f"stages.{self.index} ({self.kind}): the row has no input image"
         return None
 
-    def _size_label(self, group: Group) -> str:
+    def size_label(self, group: Group) -> str:
         """The size a group generates at, for messages."""
         if group.images:
             width, height = group.images[0].size
-            if self.kind == "upscale":
-                return f"{width}x{height} px in ({4 * width}x{4 * height} px out)"
         elif group.width or group.height:  # 0: the model's default for that side
             width, height = group.width or "default", group.height or "default"
         else:
             return "the model's default size"
         return f"{width}x{height} px"
 
-    def _smaller_fields(self) -> str:
-        """The spec fields that shrink this stage's memory use."""
-        batch = f"a smaller stages.{self.index}.batch_size"
-        if self.kind == "upscale":  # its size is its input's: set by an earlier stage or the table
-            return f"{batch}, or smaller input images"
-        return f"{batch}, or stages.{self.index}.width and height"
+    def smaller_fields(self) -> str:
+        """What to lower for this stage to need less memory."""
+        return f"a smaller stages.{self.index}.batch_size, or stages.{self.index}.width and height"
 
     # ------------------------------------------------------------ the batch path
 
@@ -298,7 +293,7 @@ class StageWorker:
                         raise
                     problem = (
                         f"stages.{self.index} ({self.kind}): out of {self.device} memory for {len(rows)} images "
-                        f"at {self._size_label(group)}; run with {self._smaller_fields()} into a new output.path: "
+                        f"at {self.size_label(group)}; run with {self.smaller_fields()} into a new output.path: "
                         f"{str(error).splitlines()[0][:200]}"
                     )
                 if problem is not None and self.device == "cuda":

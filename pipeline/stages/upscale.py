@@ -9,6 +9,14 @@ class UpscaleWorker(StageWorker):
     kind = "upscale"
     params = ("steps", "guidance_scale")
 
+    def size_label(self, group: Group) -> str:
+        width, height = group.images[0].size
+        return f"{width}x{height} px in ({4 * width}x{4 * height} px out)"
+
+    def smaller_fields(self) -> str:
+        # Its size is its input's, set by an earlier stage or the table: no width/height here.
+        return f"a smaller stages.{self.index}.batch_size, or smaller input images"
+
     def generate(self, group: Group):
         return self.pipe(
             prompt=group.prompts,
