@@ -131,11 +131,9 @@ def _local_fingerprint(folder: Path, every_byte: bool = False) -> str:
             continue
         rel = file.relative_to(folder).as_posix()
         stat = file.stat()
-        if every_byte:
-            entries.append((rel, stat.st_size, hashlib.sha256(file.read_bytes()).hexdigest()))
-            continue
-        content = hashlib.sha256(file.read_bytes()).hexdigest() if file.suffix == ".json" else ""
-        entries.append((rel, stat.st_size, stat.st_mtime_ns, content))
+        hashed = every_byte or file.suffix == ".json"
+        content = hashlib.sha256(file.read_bytes()).hexdigest() if hashed else ""
+        entries.append((rel, stat.st_size, None if every_byte else stat.st_mtime_ns, content))
     return _fingerprint(entries)
 
 
