@@ -162,17 +162,42 @@ def check_model_source(
 
 
 def _check_hub(model: str, revision: str | None) -> None:
-    from huggingface_hub import snapshot_download
+    """A hub id passes when its model_index.json is cached, or when the hub serves it to
+    this token: one HEAD request that tells a missing repo, a missing revision, a repo that
+    is not a diffusers pipeline, and a gated repo whose terms this token has not accepted
+    apart. Listing the repo (`model_info`) succeeds for all four."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         snapshot_download(model, revision=revision, allow_patterns=["model_index.json"], local_files_only=True)
         return
     except Exception:
         pass
+    at = f" at revision {revision!r}" if revision else ""
     try:
-        from huggingface_hub import HfApi
-
-        HfApi().model_info(model, revision=revision, timeout=10)
+        get_hf_file_metadata(hf_hub_url(model, "model_index.json", revision=revision), timeout=10)
+    except GatedRepoError:  # before its parent class, RepositoryNotFoundError
+        raise ModelError(
+            f"model {model!r} is gated on the Hugging Face hub and this token has no access: accept its "
+            f"terms at https://huggingface.co/{model} with the account whose token HF_TOKEN holds on every node"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelError(
+            f"model {model!r} is not on the Hugging Face hub, or is private and HF_TOKEN has no access to it"
+            f"{_no_local_folder(model)}"
+        ) from None
+    except RevisionNotFoundError:
+        raise ModelError(f"model {model!r} has no revision {revision!r} on the Hugging Face hub") from None
+    except RemoteEntryNotFoundError:
+        raise ModelError(
+            f"model {model!r}{at} has no model_index.json: it is not a diffusers pipeline repository"
+        ) from None
     except Exception as error:
         raise ModelError(
             f"model {model!r} is not in the local Hugging Face cache "

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,65 @@ def test_the_built_in_model_revision_follows_its_bytes_not_its_file_times(tmp_pa
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     assert _local_fingerprint(copy, every_byte=True) != resolve_model("synth:shapes").revision
+
+
+class _StandInHub(BaseHTTPRequestHandler):
+    """Answers the one request preflight sends the hub (HEAD of a repo's model_index.json)
+    the way huggingface.co does: the real hub is out of reach here. Its errors travel in
+    the X-Error-Code header, which huggingface_hub maps to its exception classes."""
+
+    answers = {
+        "/org/pipeline/resolve/main/model_index.json": (200, None),
+        "/org/gated/resolve/main/model_index.json": (401, "GatedRepo"),
+        "/org/nothing/resolve/main/model_index.json": (401, "RepoNotFound"),
+        "/org/pipeline/resolve/v9/model_index.json": (404, "RevisionNotFound"),
+        "/org/text-encoder-only/resolve/main/model_index.json": (404, "EntryNotFound"),
+    }
+
+    def do_HEAD(self):
+        status, error = self.answers.get(self.path, (500, None))
+        self.send_response(status)
+        if error:
+            self.send_header("X-Error-Code", error)
+        else:
+            self.send_header("X-Repo-Commit", "0" * 40)
+            self.send_header("ETag", '"abc"')
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_preflight_tells_gated_missing_and_non_diffusers_hub_repos_apart(tmp_path):
+    import subprocess
+    import sys
+    import threading
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandInHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    code = """
+from pipeline.models import ModelError, check_model_source
+for model, revision in [("org/pipeline", None), ("org/gated", None), ("org/nothing", None),
+                        ("org/pipeline", "v9"), ("org/text-encoder-only", None)]:
+    try:
+        check_model_source(model, revision)
+        print(model, "ok")
+    except ModelError as error:
+        print(model, error)
+"""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}", HF_HOME=str(tmp_path / "hf"))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env
+        )
+    finally:
+        server.shutdown()
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.stderr
+    assert lines[0] == "org/pipeline ok"
+    assert lines[1].startswith("org/gated model 'org/gated' is gated") and "accept its terms" in lines[1]
+    assert "is not on the Hugging Face hub, or is private" in lines[2]
+    assert "has no revision 'v9'" in lines[3]
+    assert "has no model_index.json: it is not a diffusers pipeline" in lines[4]
