@@ -23,6 +23,10 @@ NEGATIVE_PROMPT = "negative_prompt"
 IMAGE = "image"
 WIDTH = "image_width"
 HEIGHT = "image_height"
+# The input image's own size, which stages never change (0 without an input image): a
+# mask drawn on the input still fits after an earlier stage of the chain resized it.
+SOURCE_WIDTH = "source_width"
+SOURCE_HEIGHT = "source_height"
 MASK = "mask"
 MASK_WIDTH = "mask_width"
 MASK_HEIGHT = "mask_height"

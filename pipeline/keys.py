@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 # 128 bits of sha256: collision-free in practice at billions of rows, short enough for a key.
@@ -14,25 +15,51 @@ def _sha256(text: str | bytes) -> hashlib._Hash:
     return hashlib.sha256(text.encode() if isinstance(text, str) else text)
 
 
-def content_id(values: list[Any]) -> str:
-    """A stable id for a row without an id column: a hash of the values the job reads.
+def _canonical(value: Any) -> tuple[bytes, bytes] | None:
+    """(type tag, bytes) of a cell, None for an empty one (null or NaN). A number has one
+    form whatever type its file stored it in: files whose types differ are widened (an int
+    column next to a float one reads as float, as does a pandas int column with a null), and
+    a row must keep its id when a file is added beside it."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return b"B", bytes(value)
+    if isinstance(value, float) and value.is_integer():
+        return b"I", str(int(value)).encode()
+    if isinstance(value, float):
+        return b"F", repr(value).encode()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return b"I", str(value).encode()
+    return b"S", str(value).encode()
 
-    Each value is tagged with its type and length so that ("ab", "c") and ("a", "bc")
-    differ, and None differs from "".
+
+def content_id(fields: dict[str, Any]) -> str:
+    """A stable id for a row without an id column: a hash of the values the job reads, by
+    what they are to the job (prompt, seed, steps...), not by column name.
+
+    Empty cells are left out, so a column that a file added later brings (nulls for the
+    older files' rows) leaves the older rows' ids as they were. Each name and value is
+    tagged with its type and length, so ("ab", "c") and ("a", "bc") differ, as do "" and an
+    empty cell, and b"x" and "x".
     """
     digest = hashlib.sha256()
-    for value in values:
-        if value is None:
-            digest.update(b"N;")
+    for name in sorted(fields):
+        canonical = _canonical(fields[name])
+        if canonical is None:
             continue
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            data, tag = bytes(value), b"B"
-        elif isinstance(value, float):
-            data, tag = repr(value).encode(), b"F"
-        else:
-            data, tag = str(value).encode(), b"S"
-        digest.update(tag + str(len(data)).encode() + b":" + data)
+        tag, data = canonical
+        digest.update(name.encode() + b"=" + tag + str(len(data)).encode() + b":" + data + b";")
     return digest.hexdigest()[:_ID_HEX]
+
+
+def id_text(value: Any) -> str | None:
+    """An id column's cell as the row's id; None when empty. 7 and 7.0 are one id, for the
+    reason above; binary cells (text written without Parquet's UTF8 annotation) are decoded,
+    raising UnicodeDecodeError when they are not UTF-8."""
+    canonical = _canonical(value)
+    if canonical is None:
+        return None
+    return canonical[1].decode("utf-8")
 
 
 def derive_seed(*parts: Any) -> int:

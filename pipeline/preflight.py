@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 from pipeline import batch as B
 from pipeline import storage
-from pipeline.io.reader import input_schema
+from pipeline.io.reader import input_shape
+from pipeline.keys import id_text
 from pipeline.models import ModelError, check_model_source, model_source
 from pipeline.spec import JobSpec, SpecError
 
@@ -33,54 +36,80 @@ def absolute_paths(spec: JobSpec) -> JobSpec:
     return JobSpec.model_validate(data)
 
 
-def check_input(spec: JobSpec) -> tuple[dict[str, str], dict[str, str]]:
-    """Return (role -> column, override -> column) for the columns present; fail if a column
-    the stage chain needs is missing."""
-    names = set(input_schema(spec).names)
+@dataclass(frozen=True)
+class InputColumns:
+    """The input columns a job reads, found in any of the table's files."""
+
+    roles: dict[str, str]  # role (prompt, image...) -> column
+    overrides: dict[str, str]  # override parameter (seed, steps...) -> column
+    schema: Any  # pyarrow.Schema of the whole table (every file's columns, widened types)
+
+
+def check_input(spec: JobSpec) -> InputColumns:
+    """The columns this job reads; fail if a column the stage chain needs is missing from
+    the table or from one of its files."""
+    shape = input_shape(spec)
+    names = set(shape.schema.names)
     # Only the roles this job uses: an `image` column in a txt2img job's table is not read.
     used = {"prompt", "negative_prompt", *spec.required_roles()}
     columns = spec.input.columns.model_dump()
     roles = {role: columns[role] for role in used if columns[role] in names}
-    for role, reason in spec.required_roles().items():
-        column = getattr(spec.input.columns, role)
+    needed = {f"input.columns.{role}": (getattr(spec.input.columns, role), f" ({reason})")
+              for role, reason in spec.required_roles().items()}
+    if spec.stages[0].kind != "upscale":
+        needed["input.columns.prompt"] = (spec.input.columns.prompt, "")
+    if spec.input.id_column:
+        needed["input.id_column"] = (spec.input.id_column, "")
+    for field, (column, reason) in needed.items():
         if column not in names:
             raise SpecError(
-                f"input.columns.{role}: column {column!r} is not in the input table ({reason}); "
+                f"{field}: column {column!r} is not in the input table{reason}; "
                 f"the table has: {', '.join(sorted(names))}"
             )
-    if spec.stages[0].kind != "upscale" and "prompt" not in roles:
-        raise SpecError(
-            f"input.columns.prompt: column {spec.input.columns.prompt!r} is not in the input table; "
-            f"the table has: {', '.join(sorted(names))}"
-        )
+        lacking = shape.first_file_without(column)
+        if lacking:  # the other reads would give its rows nulls: refuse it whole, by name
+            raise SpecError(f"{field}: column {column!r} is not in {lacking}, one of the input's files{reason}")
     if spec.input.id_column:
-        if spec.input.id_column not in names:
-            raise SpecError(f"input.id_column: column {spec.input.id_column!r} is not in the input table")
-        _check_unique_ids(spec)
+        _check_unique_ids(spec, list(shape.files))
     # Only the parameters some stage takes: a `strength` column in a txt2img-only table, or
     # the `width` and `height` of an upscale job's source images, is not read (or checked).
     from pipeline.stages import WORKERS
 
     taken = {"seed"}.union(*(WORKERS[stage.kind].params for stage in spec.stages))
     overrides = {param: param for param in OVERRIDE_PARAMS if param in names and param in taken}
-    return roles, overrides
+    return InputColumns(roles, overrides, shape.schema)
 
 
-def _check_unique_ids(spec: JobSpec) -> None:
+def _check_unique_ids(spec: JobSpec, files: list[str]) -> None:
     """Two rows with one id would write one image key twice; refuse before any work.
-    Reads the id column only (a few MB even for millions of rows)."""
+    Reads the id column only (a few MB even for millions of rows) of the non-empty files.
+    Ids are compared as the rows will carry them (keys.id_text: 7 and 7.0 are one id)."""
+    from collections import Counter
+
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline.io.reader import input_files
+    from pipeline.io.reader import unreadable, plain_types
 
-    fs, files = input_files(spec.input.path, spec.input_storage_options())
-    counts: dict = {}
+    fs = storage.filesystem(spec.input.path, spec.input_storage_options())[0]
+    counts: Counter = Counter()
     for file in files:
-        with fs.open(file, "rb") as handle:
-            column = pq.read_table(handle, columns=[spec.input.id_column]).column(0).cast("string")
-        for item in pc.value_counts(column.drop_null()).to_pylist():
-            counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+        try:
+            with fs.open(file, "rb") as handle:
+                table = pq.read_table(handle, columns=[spec.input.id_column])
+        except Exception as error:
+            raise unreadable(file, error) from None
+        column = table.column(0).cast(plain_types(table.schema).field(0).type).drop_null()
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            counts.update({item["values"]: item["counts"] for item in pc.value_counts(column).to_pylist()})
+            continue
+        for value in column.to_pylist():
+            try:
+                counts[id_text(value)] += 1
+            except UnicodeDecodeError:  # that row fails in prepare, naming the column
+                pass
+    counts.pop(None, None)
     duplicated = [value for value, count in counts.items() if count > 1]
     if duplicated:
         raise SpecError(

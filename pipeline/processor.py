@@ -34,7 +34,7 @@ def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[lis
 
     from pipeline.stages import WORKERS
 
-    ds = read_input(spec, source.columns(), plan.task_cpus)
+    ds = read_input(spec, source.columns(), plan.task_cpus, schema=source.read_schema())
     # The unit of work and of commit is a chunk: `chunk_rows(spec)` consecutive input rows,
     # cut before anything is filtered. Every later step keeps a chunk in one block, so its
     # rows always share the same batch mates (batched kernels round differently with other

@@ -126,8 +126,9 @@ def rows_to_skip(spec: JobSpec, retry_failed: bool, log: Callable[[str], None]) 
     return committed
 
 
-def row_source(spec: JobSpec, roles: dict[str, str], overrides: dict[str, str], skip_ids: frozenset[str] = frozenset()):
-    """How the prepare step turns this job's input rows into stage rows."""
+def row_source(spec: JobSpec, columns, skip_ids: frozenset[str] = frozenset()):
+    """How this job's input is read (columns: preflight.InputColumns) and how the prepare
+    step turns its rows into stage rows."""
     from pipeline.io.prepare import RowSource
     from pipeline.io.reader import base_dir
 
@@ -136,11 +137,12 @@ def row_source(spec: JobSpec, roles: dict[str, str], overrides: dict[str, str], 
         base_dir=base_dir(spec.input.path, spec.input_storage_options()),
         storage_options=spec.input_storage_options(),
         id_column=spec.input.id_column,
-        roles=roles,
-        overrides=overrides,
+        roles=columns.roles,
+        overrides=columns.overrides,
         skip_ids=skip_ids,
         max_image_pixels=spec.input.max_image_pixels,
         prompt_required=spec.stages[0].kind != "upscale",
+        table_schema=columns.schema,
     )
 
 
@@ -155,7 +157,7 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print, retry_failed: boo
     started = time.perf_counter()
     # 1. Checks that need no cluster: columns, models, output (seconds, no GPU held).
     spec = preflight.absolute_paths(spec)
-    roles, overrides = preflight.check_input(spec)
+    columns = preflight.check_input(spec)
     preflight.check_models(spec)
     preflight.check_output(spec)
     check_same_job(spec)
@@ -196,8 +198,8 @@ def run_job(spec: JobSpec, log: Callable[[str], None] = print, retry_failed: boo
 
     write_resolved_spec(spec)
     skip = rows_to_skip(spec, retry_failed, log)
-    source = row_source(spec, roles, overrides, frozenset(skip))
-    dataset = build_dataset(spec, plan, source, preflight.override_owners(spec, overrides))
+    source = row_source(spec, columns, frozenset(skip))
+    dataset = build_dataset(spec, plan, source, preflight.override_owners(spec, columns.overrides))
 
     # 3. Stream: each item is one written batch's id/status/error.
     summary = RunSummary(rows_skipped=len(skip), skipped_failed=sum(1 for status in skip.values() if status != "ok"))

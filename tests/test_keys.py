@@ -19,10 +19,18 @@ def test_keys_are_stable_and_spread():
 
 
 def test_content_id_separates_values_and_types():
-    assert content_id(["ab", "c"]) != content_id(["a", "bc"])
-    assert content_id([None]) != content_id([""])
-    assert content_id([b"x"]) != content_id(["x"])
-    assert content_id(["a", 1]) == content_id(["a", 1])
+    assert content_id({"prompt": "ab", "negative_prompt": "c"}) != content_id({"prompt": "a", "negative_prompt": "bc"})
+    assert content_id({"prompt": None}) != content_id({"prompt": ""})
+    assert content_id({"prompt": b"x"}) != content_id({"prompt": "x"})
+    assert content_id({"prompt": "a", "seed": 1}) == content_id({"seed": 1, "prompt": "a"})
+    assert content_id({"prompt": "a", "seed": 1}) != content_id({"prompt": "a", "steps": 1})
+
+
+def test_content_id_is_the_same_for_a_number_in_any_type_and_for_an_empty_cell_or_none():
+    assert content_id({"seed": 7}) == content_id({"seed": 7.0}) != content_id({"seed": 7.5})
+    assert content_id({"seed": 2**60 + 1}) != content_id({"seed": 2**60})
+    assert content_id({"prompt": "a", "steps": None}) == content_id({"prompt": "a"})
+    assert content_id({"prompt": "a", "steps": float("nan")}) == content_id({"prompt": "a"})
 
 
 def test_seeds_are_derived_deterministically():

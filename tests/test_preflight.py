@@ -9,7 +9,7 @@ from pipeline import preflight
 from pipeline.io.prepare import prepare_rows
 from pipeline.io.reader import InputError
 from pipeline.runner import row_source
-from pipeline.spec import parse_spec
+from pipeline.spec import SpecError, parse_spec
 
 
 def spec_for(input_path, stages):
@@ -22,23 +22,68 @@ def test_override_columns_no_stage_takes_are_neither_read_nor_checked(tmp_path):
     columns = {"prompt": ["a red circle", "a blue square"], "strength": [0.0, 2.0], "steps": [3, None], "seed": [5, 6]}
     table = write_table(tmp_path / "in.parquet", columns)
     spec = spec_for(table, [stage("txt2img", "synth:shapes")])
-    roles, overrides = preflight.check_input(spec)
-    assert set(overrides) == {"steps", "seed"}
-    rows = prepare_rows(pa.table(columns), row_source(spec, roles, overrides))
+    found = preflight.check_input(spec)
+    assert set(found.overrides) == {"steps", "seed"}
+    rows = prepare_rows(pa.table(columns), row_source(spec, found))
     assert list(rows[B.STATUS]) == ["ok", "ok"]
     assert list(rows[B.SEED]) == [5, 6]
 
     # The same table for an img2img chain: there strength is taken, and checked per row.
     spec = spec_for(table, [stage("txt2img", "synth:shapes"), stage("img2img", "synth:shapes")])
-    assert "strength" in preflight.check_input(spec)[1]
+    assert "strength" in preflight.check_input(spec).overrides
 
 
 def test_an_empty_first_file_is_skipped_for_the_schema(tmp_path):
     (tmp_path / "a.parquet").write_bytes(b"")
     write_table(tmp_path / "b.parquet", {"prompt": ["a red circle"], "steps": [3]})
-    roles, overrides = preflight.check_input(spec_for(tmp_path, [stage("txt2img", "synth:shapes")]))
-    assert roles["prompt"] == "prompt" and set(overrides) == {"steps"}
+    found = preflight.check_input(spec_for(tmp_path, [stage("txt2img", "synth:shapes")]))
+    assert found.roles["prompt"] == "prompt" and set(found.overrides) == {"steps"}
 
     (tmp_path / "b.parquet").write_bytes(b"")
     with pytest.raises(InputError, match="input.path: every Parquet file of the input is empty"):
         preflight.check_input(spec_for(tmp_path, [stage("txt2img", "synth:shapes")]))
+
+
+def test_columns_that_only_a_later_file_has_are_read(tmp_path):
+    # Last month's file has prompts only; this month's adds seeds and steps.
+    write_table(tmp_path / "2024-01.parquet", {"prompt": ["a red circle"]})
+    write_table(tmp_path / "2024-02.parquet", {"prompt": ["a blue square"], "seed": [42], "steps": [3],
+                                               "negative_prompt": ["blurry"]})
+    found = preflight.check_input(spec_for(tmp_path, [stage("txt2img", "synth:shapes")]))
+    assert set(found.overrides) == {"seed", "steps"} and found.roles["negative_prompt"] == "negative_prompt"
+
+
+def test_a_file_without_a_column_the_job_cannot_do_without_is_named(tmp_path):
+    write_table(tmp_path / "a.parquet", {"prompt": ["a red circle"], "key": ["k1"]})
+    write_table(tmp_path / "b.parquet", {"caption": ["a blue square"], "key": ["k2"]})
+    with pytest.raises(SpecError, match=r"input.columns.prompt: column 'prompt' is not in .*b\.parquet, one of"):
+        preflight.check_input(spec_for(tmp_path, [stage("txt2img", "synth:shapes")]))
+
+    write_table(tmp_path / "b.parquet", {"prompt": ["a blue square"]})
+    spec = preflight.absolute_paths(parse_spec(job(str(tmp_path), "out", [stage("txt2img", "synth:shapes")],
+                                                   input={"path": str(tmp_path), "id_column": "key"})))
+    with pytest.raises(SpecError, match=r"input.id_column: column 'key' is not in .*b\.parquet"):
+        preflight.check_input(spec)
+
+
+def test_ids_are_checked_across_files_as_rows_carry_them_and_empty_files_are_skipped(tmp_path):
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"prompt": ["a"], "key": pa.array([7], pa.int64())}), tmp_path / "a.parquet")
+    (tmp_path / "b.parquet").write_bytes(b"")  # as a failed upload leaves it
+    pq.write_table(pa.table({"prompt": ["b"], "key": pa.array([7.0])}), tmp_path / "c.parquet")
+    spec = preflight.absolute_paths(parse_spec(job(str(tmp_path), "out", [stage("txt2img", "synth:shapes")],
+                                                   input={"path": str(tmp_path), "id_column": "key"})))
+    with pytest.raises(SpecError, match=r"input.id_column: 1 ids appear more than once in column 'key', e.g. '7'"):
+        preflight.check_input(spec)
+
+
+def test_hidden_files_and_an_output_inside_the_input_folder_are_not_input(tmp_path):
+    from pipeline.io.reader import input_files
+
+    for name in ["a.parquet", "sub/b.parquet", ".c.parquet", "_temporary/0/d.parquet", "out/metadata/part-1.parquet"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        write_table(tmp_path / name, {"prompt": ["x"]})
+    listed = input_files(str(tmp_path), {}, output=str(tmp_path / "out"))[1]
+    assert [file[len(str(tmp_path)) + 1:] for file in listed] == ["a.parquet", "sub/b.parquet"]
+    assert len(input_files(str(tmp_path / "*.parquet"), {})[1]) == 1

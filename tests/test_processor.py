@@ -15,9 +15,9 @@ from pipeline.spec import parse_spec
 def optimized_physical_plan(ray_cluster, tiny, tmp_path, gpus: int) -> str:
     table = write_table(tmp_path / "in.parquet", {"prompt": ["a red circle"] * 4})
     spec = preflight.absolute_paths(parse_spec(job(table, str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"])])))
-    roles, overrides = preflight.check_input(spec)
+    columns = preflight.check_input(spec)
     plan = plan_resources(spec.stages, 2, gpus)
-    dataset = build_dataset(spec, plan, row_source(spec, roles, overrides), preflight.override_owners(spec, overrides))
+    dataset = build_dataset(spec, plan, row_source(spec, columns), preflight.override_owners(spec, columns.overrides))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         dataset.explain()  # plans only; runs nothing

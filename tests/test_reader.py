@@ -4,7 +4,9 @@ distributed Parquet read, and both give the same rows in the same order."""
 import pytest
 from conftest import job, stage, write_table
 
+from pipeline import preflight
 from pipeline.io.reader import InputError, read_input
+from pipeline.runner import row_source
 from pipeline.spec import parse_spec
 
 pytestmark = pytest.mark.timeout(300)
@@ -69,12 +71,23 @@ def test_a_corrupt_file_is_named(ray_cluster, tmp_path):
         read_input(spec_for(tmp_path / "in", tmp_path), ["prompt", "id"], task_cpus=0.5)
 
 
-def test_a_file_without_a_column_the_job_reads_is_named(ray_cluster, tmp_path):
+@pytest.mark.parametrize("where", ["driver", "distributed"])
+def test_both_reads_give_a_column_a_file_lacks_nulls_and_decode_dictionaries(ray_cluster, ordered, tmp_path, where):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     (tmp_path / "in").mkdir()
-    write_folder(str(tmp_path / "in"))
-    write_table(tmp_path / "in" / "b.parquet", {"prompt": ["x"], "other": ["y"]})
-    with pytest.raises(InputError, match=r"input.path: .*b\.parquet lacks the column 'id'"):
-        read_input(spec_for(tmp_path / "in", tmp_path), ["prompt", "id"], task_cpus=0.5)
+    pq.write_table(pa.table({"prompt": ["p0", "p1"]}), tmp_path / "in" / "a.parquet")
+    # pandas writes a category column dictionary-encoded
+    pq.write_table(pa.table({"prompt": pa.array(["p2"]).dictionary_encode(), "seed": [7]}), tmp_path / "in" / "b.parquet")
+    spec = preflight.absolute_paths(spec_for(tmp_path / "in", tmp_path))
+    source = row_source(spec, preflight.check_input(spec))  # the types over both files
+    assert source.columns() == ["prompt", "seed"]
+    limit = None if where == "driver" else 0
+    dataset = read_input(spec, source.columns(), task_cpus=0.5, driver_max_bytes=limit, schema=source.read_schema())
+    rows = dataset.take_all()
+    assert [row["prompt"] for row in rows] == ["p0", "p1", "p2"]
+    assert [row["seed"] for row in rows][2] == 7 and all(row["seed"] is None for row in rows[:2])
 
 
 def test_empty_files_are_skipped_and_column_types_widened(ray_cluster, ordered, tmp_path):

@@ -370,3 +370,26 @@ def test_retry_failed_leaves_a_copy_committed_in_another_chunk_alone(ray_cluster
     again = run_job(parse_spec(raw), log=quiet, retry_failed=True)
     assert (again.rows_ok, again.rows_failed) == (0, 1)
     assert sorted(row["prompt"] for row in read_metadata(str(tmp_path / "out"))) == ["x", "y", "z"]
+
+
+def test_a_file_added_beside_the_input_leaves_the_committed_rows_alone(ray_cluster, tiny, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # January's file: int64 seeds, no id column. February's, written by pandas: its seed
+    # column has a null, so it is float64, and it brings a steps column. Reading both widens
+    # January's seeds to double and gives its rows null steps; neither may give them new
+    # content ids, which would generate and commit them a second time.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pa.table({"prompt": ["a red circle", "a blue square"], "seed": pa.array([5, 6], pa.int64())}),
+                   folder / "2024-01.parquet")
+    raw = job(str(folder), str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"], batch_size=2)])
+    assert run_job(parse_spec(raw), log=quiet).rows_ok == 2
+    pq.write_table(pa.table({"prompt": ["a green triangle", "a red square"], "seed": pa.array([None, 8.0]),
+                             "steps": pa.array([3, None], pa.int64())}), folder / "2024-02.parquet")
+    summary = run_job(parse_spec(raw), log=quiet)
+    assert (summary.rows_skipped, summary.rows_ok) == (2, 2)
+    rows = read_metadata(str(tmp_path / "out"))
+    assert sorted(row["prompt"] for row in rows) == ["a blue square", "a green triangle", "a red circle", "a red square"]
+    assert {row["prompt"]: row["seed"] for row in rows}["a red square"] == 8

@@ -247,3 +247,26 @@ def test_out_of_memory_in_upscale_names_its_input_and_output_size(tiny):
         "stages.1 (upscale): out of cpu memory for 1 images at 16x8 px in (64x32 px out); run with a smaller "
         "stages.1.batch_size, or smaller input images into a new output.path: CUDA out of memory. Tried to allocate 8.00 GiB"
     )
+
+
+def test_a_mask_drawn_on_the_input_image_fits_after_an_earlier_stage_resized_it(tiny):
+    # img2img -> inpaint on a 100x100 photo and its mask: img2img makes it 96x96 (multiple
+    # of 8), or 64x48 when asked; inpaint gets the mask resized as the image was.
+    for img2img_size, expected in [({}, (96, 96)), ({"width": 64, "height": 48}, (64, 48))]:
+        batch = prepared(
+            {"prompt": ["a red circle"], "image": [png_bytes(size=(100, 100))], "mask": [half_mask(size=(100, 100))]},
+            {"prompt": "prompt", "image": "image", "mask": "mask"},
+        )
+        first = WORKERS["img2img"]({"kind": "img2img", "model": tiny["img2img"], "steps": 2, **img2img_size})
+        second = WORKERS["inpaint"]({"kind": "inpaint", "model": tiny["inpaint"], "steps": 2}, index=1)
+        out = second(first(batch))
+        assert list(out[B.STATUS]) == ["ok"], out[B.ERROR][0]
+        assert (out[B.WIDTH][0], out[B.HEIGHT][0]) == expected
+
+    # a mask that fits neither the input image nor a generated one still fails, named
+    batch = prepared(
+        {"prompt": ["a red circle"], "image": [png_bytes(size=(100, 100))], "mask": [half_mask(size=(96, 96))]},
+        {"prompt": "prompt", "image": "image", "mask": "mask"},
+    )
+    out = second(first(batch))
+    assert out[B.ERROR][0] == "mask: its size 96x96 differs from the input image's 100x100 at stages.1 (inpaint)"

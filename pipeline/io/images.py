@@ -75,7 +75,8 @@ def decode(data: bytes, mode: str, max_pixels: int | None = None) -> np.ndarray:
     The size is read from the header and checked against `max_pixels` before any pixel is
     decoded, so a decompression bomb (a tiny file claiming a huge image) costs nothing.
     An EXIF orientation (phone photos) is applied, so the pixels are upright as viewers
-    show them and a mask drawn on the upright view fits its image.
+    show them and a mask drawn on the upright view fits its image. 16-bit greyscale is
+    scaled to 8 bits.
     """
     from PIL import Image, ImageOps
 
@@ -87,7 +88,13 @@ def decode(data: bytes, mode: str, max_pixels: int | None = None) -> np.ndarray:
             raise PixelBudgetError(
                 f"{width}x{height} = {width * height} pixels is over input.max_image_pixels ({max_pixels})"
             )
-        return np.asarray(ImageOps.exif_transpose(image).convert(mode))
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+            # 16-bit greyscale (PNG, TIFF): PIL's convert clips it at 255, so a mid-grey
+            # would come out white and a soft mask hard. Keep the top 8 bits instead.
+            wide = np.asarray(image).astype(np.int64)
+            image = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), "L")
+        return np.asarray(image.convert(mode))
 
 
 def describe_decode_error(error: Exception) -> str:

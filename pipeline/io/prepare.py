@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline import batch as B
 from pipeline.io import images
-from pipeline.keys import content_id, derive_seed
+from pipeline.keys import content_id, derive_seed, id_text
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,25 @@ class RowSource:
     max_image_pixels: int | None = None
     # the first stage needs a non-empty prompt (txt2img, img2img, inpaint do; upscale not)
     prompt_required: bool = True
+    # pyarrow.Schema of the whole table, every file's columns with their types widened
+    # (preflight's InputColumns.schema); None: each file's own types
+    table_schema: Any = None
 
     def columns(self) -> list[str]:
         names = list(self.roles.values()) + list(self.overrides.values())
         if self.id_column:
             names.append(self.id_column)
         return list(dict.fromkeys(names))
+
+    def read_schema(self):
+        """The columns read, with the whole table's types: the distributed read casts
+        each file to them (a file without a column gets nulls, a dictionary-encoded
+        column is decoded), so no two blocks disagree."""
+        if self.table_schema is None:
+            return None
+        import pyarrow as pa
+
+        return pa.schema([self.table_schema.field(name) for name in self.columns()])
 
 
 def _check_override(param: str, value: Any) -> tuple[float, str | None]:
@@ -80,15 +93,36 @@ def _check_override(param: str, value: Any) -> tuple[float, str | None]:
 
 
 def _seed(value: Any) -> tuple[int | None, str | None]:
-    if value is None:
+    """The row's own seed, or None (use the derived one) for a null or NaN cell. Integers
+    are taken as they are: a float holds every int only up to 2**53, and the seeds synth
+    derives and records are 63-bit."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return None, None
     try:
+        if isinstance(value, bool):
+            raise TypeError
         seed = int(value)
-        if seed != float(value) or not 0 <= seed < 2**63:
+        if not isinstance(value, (str, bytes)) and seed != value:  # exact for int, float, Decimal
+            raise ValueError
+        if not 0 <= seed < 2**63:
             raise ValueError
     except (TypeError, ValueError, OverflowError):
         return None, f"seed: {value!r} must be a whole number in [0, 2**63)"
     return seed, None
+
+
+def _texts(values: list[Any], label: str, errors: list[str | None]) -> list[str | None]:
+    """A text column's cells as str (None stays None). Files written without Parquet's UTF8
+    annotation (pandas bytes, older Hive and Spark tables) hold text as binary: decoded, or
+    the row fails when it is not UTF-8. Numbers are text the way ids are (7.0 is "7")."""
+    texts: list[str | None] = []
+    for i, value in enumerate(values):
+        try:
+            texts.append(value if isinstance(value, str) else id_text(value))
+        except UnicodeDecodeError:
+            errors[i] = errors[i] or f"{label}: the cell is binary that is not UTF-8 text"
+            texts.append(None)
+    return texts
 
 
 def _load_images(values: list[Any], source: RowSource, mode: str, role: str, errors: list[str | None]):
@@ -102,7 +136,11 @@ def _load_images(values: list[Any], source: RowSource, mode: str, role: str, err
         encoded[i] = data
     for i, value in enumerate(values):
         if encoded[i] is None and value is not None and i not in uris and errors[i] is None:
-            encoded[i] = bytes(value)
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                encoded[i] = bytes(value)
+            else:  # a number, a list: bytes(5) would make five zero bytes, bytes(1.5) raise
+                kind = type(value).__name__
+                errors[i] = f"{role}: the '{source.roles[role]}' cell holds a {kind}, not image bytes or a path"
     raws, widths, heights = [b""] * count, np.zeros(count, np.int64), np.zeros(count, np.int64)
     for i, data in enumerate(encoded):
         if errors[i] is not None:
@@ -130,14 +168,19 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
     errors: list[str | None] = [None] * count
 
     # 1. Row ids: the id column, or a hash of everything the job reads from the row.
+    fields = {**source.roles, **source.overrides}  # what a value is to the job -> its column
+
+    def row_id_from_content(i: int) -> str:
+        return content_id({name: data[column][i] for name, column in fields.items()})
+
     if source.id_column:
-        ids = [None if v is None else str(v) for v in data[source.id_column]]
+        ids = _texts(data[source.id_column], source.id_column, errors)
         for i, row_id in enumerate(ids):
             if row_id is None:
-                errors[i] = f"{source.id_column}: the row id is empty"
-                ids[i] = content_id([data[name][i] for name in sorted(data)])
+                errors[i] = errors[i] or f"{source.id_column}: the row id is empty"
+                ids[i] = row_id_from_content(i)
     else:
-        ids = [content_id([data[name][i] for name in sorted(data)]) for i in range(count)]
+        ids = [row_id_from_content(i) for i in range(count)]
     # A resumed run drops a chunk (this call's rows) whose rows are all committed. A run
     # commits each chunk in one file, so a chunk is partly committed only when the input
     # changed under the same input.path (rows added, removed or reordered) or an identical
@@ -158,7 +201,8 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
         errors[i] = errors[i] or problem
         seeds[i] = own if own is not None else derive_seed(source.job_seed, ids[i])
 
-    prompts = [v if isinstance(v, str) else ("" if v is None else str(v)) for v in data.get(source.roles.get("prompt"), [None] * count)]
+    prompts = [v or "" for v in _texts(data.get(source.roles.get("prompt"), [None] * count), "prompt", errors)]
+    negatives = _texts(data.get(source.roles.get("negative_prompt"), [None] * count), "negative_prompt", errors)
     if source.prompt_required:
         for i, prompt in enumerate(prompts):
             if not prompt.strip():
@@ -166,7 +210,7 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {
         B.ID: B.object_column(ids),
         B.PROMPT: B.object_column(prompts),
-        B.NEGATIVE_PROMPT: B.object_column([v or "" for v in data.get(source.roles.get("negative_prompt"), [None] * count)]),
+        B.NEGATIVE_PROMPT: B.object_column([v or "" for v in negatives]),
         B.SEED: seeds,
     }
     # 3. Per-row parameter overrides (NaN = use the stage's value), checked here.
@@ -189,6 +233,7 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
         else:
             columns = (B.object_column([b""] * count), np.zeros(count, np.int64), np.zeros(count, np.int64))
         out.update(zip(names, columns))
+    out[B.SOURCE_WIDTH], out[B.SOURCE_HEIGHT] = out[B.WIDTH].copy(), out[B.HEIGHT].copy()
 
     out[B.COMMITTED] = np.array(committed, dtype=bool)
     out[B.STATUS] = B.object_column([B.OK if e is None else B.FAILED for e in errors])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline import storage
@@ -16,24 +18,43 @@ class InputError(SpecError):
     """The input table cannot be read or lacks a column the job needs."""
 
 
-def input_files(path: str, storage_options: dict[str, Any]) -> tuple[Any, list[str]]:
-    """(filesystem, Parquet files) for a file, a folder of Parquet files, or a glob."""
+def input_files(path: str, storage_options: dict[str, Any], output: str | None = None) -> tuple[Any, list[str]]:
+    """(filesystem, Parquet files) for a file, a folder of Parquet files, or a glob. Files
+    under `output` (the job's output.path) are left out: an output kept inside the input's
+    folder holds metadata Parquet files with a prompt column, which a rerun would read as
+    input rows."""
     fs, inner = storage.filesystem(path, storage_options)
     try:
         if any(char in inner for char in _GLOB_CHARS):
             # Only Parquet files: a glob over a folder also matches _SUCCESS and such.
-            files = sorted(f for f in fs.glob(inner) if f.endswith((".parquet", ".parq")))
+            root = posixpath.dirname(inner[: min(inner.index(c) for c in _GLOB_CHARS if c in inner)])
+            files = sorted(f for f in fs.glob(inner) if f.endswith((".parquet", ".parq")) and _visible(f, root))
         elif fs.isdir(inner):
-            files = sorted(f for f in fs.find(inner) if f.endswith(".parquet"))
+            files = sorted(f for f in fs.find(inner) if f.endswith(".parquet") and _visible(f, inner))
         elif fs.exists(inner):
             files = [inner]
         else:
             files = []
     except Exception as error:  # permissions, unknown bucket, unreachable endpoint
         raise InputError(f"input.path: cannot list {path}: {type(error).__name__}: {error}") from None
+    if output and _scheme(output) == _scheme(path):
+        skipped = storage.filesystem(output, storage_options)[1].rstrip("/") + "/"
+        files = [file for file in files if not file.startswith(skipped)]
     if not files:
         raise InputError(f"input.path: no Parquet files at {path}")
     return fs, files
+
+
+def _scheme(path: str) -> str:
+    return path.split("://")[0] if storage.is_remote(path) else "file"
+
+
+def _visible(file: str, root: str) -> bool:
+    """Not hidden: no name below `root` starts with "." or "_". Spark and Hive leave
+    `_temporary/` attempts and `.part-*.crc` files beside their output, and an interrupted
+    copy leaves dot-files; pyarrow and Ray Data skip them, and so does this listing."""
+    below = file[len(root):] if file.startswith(root) else posixpath.basename(file)
+    return not any(name.startswith((".", "_")) for name in below.split("/") if name)
 
 
 def base_dir(path: str, storage_options: dict[str, Any] | None = None) -> str:
@@ -54,24 +75,63 @@ def base_dir(path: str, storage_options: dict[str, Any] | None = None) -> str:
     return os.path.abspath(head.removeprefix("file://") or ".")
 
 
-def input_schema(spec: JobSpec):
-    """The input table's Arrow schema, read from the footer of its first non-empty Parquet
-    file (no data). Empty (0-byte) files are skipped here as both reads skip them."""
+@dataclass(frozen=True)
+class InputShape:
+    """The input's columns, from every non-empty file's Parquet footer (no data)."""
+
+    schema: Any  # pyarrow.Schema: the union of the files' columns, types widened as the reads do
+    files: dict[str, frozenset[str]]  # file -> the columns it holds
+
+    def first_file_without(self, column: str) -> str | None:
+        return next((file for file, names in self.files.items() if column not in names), None)
+
+
+def plain_types(schema):
+    """Dictionary-encoded columns (pandas categories) as their value type: a file written
+    with one next to a file with plain strings is the same column."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema],
+        metadata=schema.metadata,
+    )
+
+
+def input_shape(spec: JobSpec) -> InputShape:
+    """Every file's footer is read, so a column that only later files carry (a `seed`
+    column added to this month's file) is read too. Empty (0-byte) files are skipped, as
+    both reads skip them."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    fs, files = input_files(spec.input.path, spec.input_storage_options())
-    for file in files:
+    fs, files = input_files(spec.input.path, spec.input_storage_options(), spec.output.path)
+
+    def footer(file: str):
         try:
             if fs.size(file) == 0:
-                continue
+                return None
             with fs.open(file, "rb") as handle:
-                return pq.read_schema(handle)
+                return plain_types(pq.read_schema(handle))
         except Exception as error:
-            raise _unreadable(file, error) from None
-    raise InputError("input.path: every Parquet file of the input is empty (0 bytes)")
+            return unreadable(file, error)
+
+    # Footers are a few KB each; on an object store their latency adds up, so 16 at once.
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        schemas = dict(zip(files, pool.map(footer, files)))
+    for file, schema in schemas.items():
+        if isinstance(schema, InputError):
+            raise schema
+    schemas = {file: schema for file, schema in schemas.items() if schema is not None}
+    if not schemas:
+        raise InputError("input.path: every Parquet file of the input is empty (0 bytes)")
+    try:
+        union = pa.unify_schemas(list(schemas.values()), promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise InputError(f"input.path: the Parquet files disagree on a column's type: {error}") from None
+    return InputShape(union, {file: frozenset(schema.names) for file, schema in schemas.items()})
 
 
-def _unreadable(file: str, error: Exception) -> InputError:
+def unreadable(file: str, error: Exception) -> InputError:
     return InputError(f"input.path: cannot read {file} as Parquet: {type(error).__name__}: {error}")
 
 
@@ -105,8 +165,10 @@ def _sizes_if_small(fs, files: list[str], max_bytes: int) -> list[int] | None:
 def _read_on_driver(fs, files: list[str], sizes: list[int], columns: list[str]):
     """The files' rows in file order, then row order: the order the distributed read keeps
     (preserve_order), so both reads cut the same chunks and a job's bytes do not depend on
-    which read ran. Like that read, it skips empty (0-byte) files and widens column types
-    that differ between files (int32 and int64, string and large_string)."""
+    which read ran. Like that read, it skips empty (0-byte) files, widens column types that
+    differ between files (int32 and int64, string and large_string, dictionary-encoded and
+    plain) and gives a column a file lacks nulls there. Preflight has refused files that
+    lack a column the job cannot do without."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -117,31 +179,31 @@ def _read_on_driver(fs, files: list[str], sizes: list[int], columns: list[str]):
         try:
             with fs.open(file, "rb") as handle:
                 parquet = pq.ParquetFile(handle)
-                missing = [name for name in columns if name not in parquet.schema_arrow.names]
-                if missing:
-                    raise InputError(f"input.path: {file} lacks the column {missing[0]!r} that the job reads")
-                tables.append(parquet.read(columns=columns))
-        except InputError:
-            raise
+                present = [name for name in columns if name in parquet.schema_arrow.names]
+                table = parquet.read(columns=present)
         except Exception as error:
-            raise _unreadable(file, error) from None
+            raise unreadable(file, error) from None
+        tables.append(table.cast(plain_types(table.schema)))
     if not tables:
         raise InputError("input.path: every Parquet file of the input is empty (0 bytes)")
     try:
-        return pa.concat_tables(tables, promote_options="permissive")
+        table = pa.concat_tables(tables, promote_options="permissive")
+        return table.select([name for name in columns if name in table.column_names])
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         raise InputError(f"input.path: the Parquet files disagree on a column's type: {error}") from None
 
 
-def read_input(spec: JobSpec, columns: list[str], task_cpus: float, driver_max_bytes: int | None = None):
+def read_input(spec: JobSpec, columns: list[str], task_cpus: float, driver_max_bytes: int | None = None, schema=None):
     """The input as a Ray dataset, reading only the columns the job uses: read here when the
     files are few and hold at most driver_max_bytes (default DRIVER_READ_MAX_BYTES), else
-    by Ray Data's distributed Parquet read."""
+    by Ray Data's distributed Parquet read, which casts each file to `schema` (the
+    columns' types over the whole table) when given. Without it, Ray Data refuses files
+    whose types cannot be merged (a dictionary-encoded column beside a plain one)."""
     import pyarrow.fs
     import ray.data
 
     limit = DRIVER_READ_MAX_BYTES if driver_max_bytes is None else driver_max_bytes
-    fs, files = input_files(spec.input.path, spec.input_storage_options())
+    fs, files = input_files(spec.input.path, spec.input_storage_options(), spec.output.path)
     sizes = _sizes_if_small(fs, files, limit)
     if sizes is not None:
         # from_blocks, not from_arrow: from_arrow reads the table's schema and size in a
@@ -149,12 +211,14 @@ def read_input(spec: JobSpec, columns: list[str], task_cpus: float, driver_max_b
         # for a worker process and then holds one of the workers Ray pre-starts, so the
         # stage actor has to start a new one (README, Performance). from_blocks is a Ray
         # DeveloperAPI; tests/test_reader.py runs this path.
-        return ray.data.from_blocks([_read_on_driver(fs, files, sizes, columns)])
+        table = _read_on_driver(fs, files, sizes, columns)
+        return ray.data.from_blocks([table.cast(schema) if schema is not None else table])
     remote = storage.is_remote(spec.input.path)
     filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)) if remote else None
     return ray.data.read_parquet(
         files,
         filesystem=filesystem,
         columns=columns,
+        schema=schema,
         num_cpus=task_cpus,
     )

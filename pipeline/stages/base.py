@@ -213,7 +213,9 @@ class StageWorker:
 
     def _inputs(self, batch, rows: list[int], width: int, height: int, mask: bool = False) -> list[Any]:
         """PIL inputs for these rows, resized to the stage's size (see _target_size): RGB
-        images with Lanczos, or L masks with nearest, which keeps a binary mask binary."""
+        images with Lanczos, or L masks with nearest, which keeps a binary mask binary. A
+        mask goes to its image's size, which differs from its own when an earlier stage
+        of the chain resized the image."""
         from PIL import Image
 
         columns = (B.MASK, B.MASK_WIDTH, B.MASK_HEIGHT) if mask else (B.IMAGE, B.WIDTH, B.HEIGHT)
@@ -222,7 +224,7 @@ class StageWorker:
         for r in rows:
             pixels, w, h = (batch[column][r] for column in columns)
             item = Image.fromarray(B.image_view(pixels, w, h, channels))
-            size = _target_size(item.size, width, height)
+            size = _target_size((int(batch[B.WIDTH][r]), int(batch[B.HEIGHT][r])), width, height)
             inputs.append(item.resize(size, resample) if item.size != size else item)
         return inputs
 

@@ -16,13 +16,17 @@ class InpaintWorker(StageWorker):
         if reason:
             return reason
         mask_size = (int(batch[B.MASK_WIDTH][row]), int(batch[B.MASK_HEIGHT][row]))
-        image_size = (int(batch[B.WIDTH][row]), int(batch[B.HEIGHT][row]))
         if mask_size == (0, 0):
             return f"stages.{self.index} (inpaint): the row has no mask"
-        if mask_size != image_size:
+        # A mask is drawn on the row's input image; without one (txt2img -> inpaint), on the
+        # image this stage receives. It is then resized as that image is (see _inputs).
+        drawn_on, which = (batch[B.SOURCE_WIDTH][row], batch[B.SOURCE_HEIGHT][row]), "input image's"
+        if not drawn_on[0]:
+            drawn_on, which = (batch[B.WIDTH][row], batch[B.HEIGHT][row]), "image's"
+        if mask_size != (int(drawn_on[0]), int(drawn_on[1])):
             return (
-                f"mask: its size {mask_size[0]}x{mask_size[1]} differs from the image's "
-                f"{image_size[0]}x{image_size[1]} at stages.{self.index} (inpaint)"
+                f"mask: its size {mask_size[0]}x{mask_size[1]} differs from the {which} "
+                f"{int(drawn_on[0])}x{int(drawn_on[1])} at stages.{self.index} (inpaint)"
             )
         return None
 
