@@ -7,6 +7,13 @@ import json
 import sys
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return value
+
+
 def _spec(args):
     from pipeline.spec import load_spec
 
@@ -46,7 +53,10 @@ def cmd_run(args) -> int:
 def cmd_demo(args) -> int:
     from pipeline.demo import prepare_demo, write_grid
 
+    from pipeline.runner import connect_ray
+
     spec = prepare_demo(args.out_dir)
+    connect_ray(local=True)
     code = _run(spec)
     out = spec.output.path
     grid = write_grid(out, f"{args.out_dir}/grid.png")
@@ -85,6 +95,9 @@ def cmd_eval_tiny(args) -> int:
         if args.verbose:
             print(f"synth: {line}", flush=True)
 
+    from pipeline.runner import connect_ray
+
+    connect_ray(local=True)
     with tempfile.TemporaryDirectory(prefix="synth-eval-") as tmp:
         work = Path(args.work_dir or tmp)
         columns = {}
@@ -152,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--vae-steps", type=int, default=None, help="default: 1500")
     train.add_argument("--unet-steps", type=int, default=None, help="default: 6000")
-    train.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    train.add_argument(
+        "--threads", type=_positive, default=None, help="torch threads (default: the cores this process may use)"
+    )
     train.set_defaults(func=cmd_train_tiny)
     evaluate = commands.add_parser("eval-tiny", help="semantic checks of a shapes model through the pipeline")
     evaluate.add_argument("--model", default="synth:shapes")

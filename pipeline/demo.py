@@ -10,10 +10,20 @@ from pipeline.spec import JobSpec, parse_spec
 GRID_COLUMNS = [(shape, background) for background in ("white", "black") for shape in ("circle", "square", "triangle")]
 
 
-def demo_prompts() -> list[str]:
+def demo_rows() -> list[tuple[str, str]]:
+    """(id, prompt) of each image. Named ids fix each row's seed (it derives from the job
+    seed and the id), so the sheet does not depend on how synth hashes rows without one."""
     from pipeline.shapes.dataset import COLOURS, Scene
 
-    return [Scene(colour, shape, background).caption for colour in COLOURS for shape, background in GRID_COLUMNS]
+    return [
+        (f"{colour}-{shape}-on-{background}", Scene(colour, shape, background).caption)
+        for colour in COLOURS
+        for shape, background in GRID_COLUMNS
+    ]
+
+
+def demo_prompts() -> list[str]:
+    return [prompt for _, prompt in demo_rows()]
 
 
 def demo_spec(out_dir: Path) -> JobSpec:
@@ -21,7 +31,7 @@ def demo_spec(out_dir: Path) -> JobSpec:
         {
             "name": "demo",
             "seed": 0,
-            "input": {"path": str(out_dir / "prompts.parquet")},
+            "input": {"path": str(out_dir / "prompts.parquet"), "id_column": "id"},
             "stages": [
                 # The sampling recipe the shapes model was trained for (DPM++ 2M is its scheduler).
                 {"kind": "txt2img", "model": "synth:shapes", "steps": 20, "guidance_scale": 4.0,
@@ -43,7 +53,8 @@ def prepare_demo(out_dir: str | Path) -> JobSpec:
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"prompt": demo_prompts()}), out / "prompts.parquet")
+    ids, prompts = zip(*demo_rows())
+    pq.write_table(pa.table({"id": list(ids), "prompt": list(prompts)}), out / "prompts.parquet")
     spec = demo_spec(out)
     (out / "job.yaml").write_text(yaml.safe_dump(resolved_dict(spec), sort_keys=False))
     return spec

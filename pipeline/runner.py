@@ -45,14 +45,19 @@ class RunSummary:
         )
 
 
-def connect_ray() -> None:
-    """Join the cluster at RAY_ADDRESS, or start a local one (nothing to do when connected)."""
+def connect_ray(local: bool = False) -> None:
+    """Join the cluster at RAY_ADDRESS, or start a local one (nothing to do when connected).
+    local: always start a Ray of this machine's own, for commands that write their input
+    and read their output on local disk (the demo, the model evaluation): on a cluster,
+    workers on other nodes could not see either."""
     import ray
 
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    if address:
+    if local:
+        ray.init(address="local")
+    elif address:
         import pipeline
 
         # Ship this exact version of the code to the cluster's workers.

@@ -48,9 +48,12 @@ def test_every_caption_word_is_one_token_and_other_text_still_tokenizes(tmp_path
 def _tiny_training(out, seed=0):
     from pipeline.shapes.train import TrainConfig, train
 
-    config = TrainConfig(seed=seed, batch_size=4, vae_steps=3, unet_steps=3, warmup_steps=1, log_every=1, threads=2)
-    lines = []
+    import torch
+
+    config = TrainConfig(seed=seed, batch_size=4, vae_steps=3, unet_steps=3, warmup_steps=1, log_every=1, threads=1)
+    lines, threads = [], torch.get_num_threads()
     train(out, config, log=lines.append)
+    assert torch.get_num_threads() == threads  # the caller's setting is back
     return lines
 
 

@@ -84,19 +84,16 @@ def _png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-# What a failed row (e.g. NaN pixels from a broken model) is judged as: a flat grey picture,
-# which holds no shape and differs from every input, so it counts as a miss in every check.
-_NO_IMAGE = np.full((dataset.SIZE, dataset.SIZE, 3), 128, np.uint8)
-
-
-def _read_outputs(output: Path) -> dict[str, np.ndarray]:
-    """id -> RGB pixels of every row the job wrote (failed rows: _NO_IMAGE)."""
+def _read_outputs(output: Path) -> dict[str, np.ndarray | None]:
+    """id -> RGB pixels of every row the job wrote; None for a failed row (e.g. NaN pixels
+    from a broken model), which every check counts as a miss. (A stand-in picture would be
+    judged: a grey one reads as purple inside a mask, the colour asked for on yellow.)"""
     import pyarrow.parquet as pq
     from PIL import Image
 
     table = pq.read_table(output / "metadata").select(["id", "status", "image_uri"]).to_pylist()
     return {
-        row["id"]: np.asarray(Image.open(row["image_uri"]).convert("RGB")) if row["status"] == "ok" else _NO_IMAGE
+        row["id"]: np.asarray(Image.open(row["image_uri"]).convert("RGB")) if row["status"] == "ok" else None
         for row in table
     }
 
@@ -160,11 +157,11 @@ class Evaluation:
                 prompts.append(scene.caption)
                 guidance.append(g)
         images = self._run("txt2img", "txt2img", {"id": ids, "prompt": prompts, "guidance_scale": guidance})
-        readings = {row_id: judge.read_image(image) for row_id, image in images.items()}
+        readings = {row_id: None if image is None else judge.read_image(image) for row_id, image in images.items()}
 
         def accuracy(g: float, keep: Callable[[dataset.Scene], bool]) -> tuple[float, int]:
             hits = [
-                readings[f"g{g:g}-{i}"].matches(s.colour, s.shape, s.background)
+                (reading := readings[f"g{g:g}-{i}"]) is not None and reading.matches(s.colour, s.shape, s.background)
                 for i, s in enumerate(scenes)
                 if keep(s)
             ]
@@ -221,12 +218,14 @@ class Evaluation:
                 rows["strength"].append(strength)
         images = self._run("img2img", "img2img", rows)
         kept = [
-            judge.read_image(output := images[f"s{LOW_STRENGTH:g}-{i}"]).matches(s.colour, s.shape, s.background)
+            (output := images[f"s{LOW_STRENGTH:g}-{i}"]) is not None
+            and judge.read_image(output).matches(s.colour, s.shape, s.background)
             and _foreground_iou(output, inputs[i], s.background) >= MIN_IOU
             for i, s in enumerate(scenes)
         ]
         followed = [
-            judge.read_image(images[f"s{HIGH_STRENGTH:g}-{i}"]).matches(t.colour, t.shape, t.background)
+            (output := images[f"s{HIGH_STRENGTH:g}-{i}"]) is not None
+            and judge.read_image(output).matches(t.colour, t.shape, t.background)
             for i, t in enumerate(targets)
         ]
         low, high = sum(kept) / len(kept), sum(followed) / len(followed)
@@ -264,6 +263,11 @@ class Evaluation:
         images = self._run("inpaint", "inpaint", rows, strength=1.0)
         kept, filled, worst = [], [], 1.0
         for i, (scene, mask) in enumerate(zip(scenes, masks)):
+            if images[str(i)] is None:
+                kept.append(False)
+                filled.append(False)
+                worst = 0.0
+                continue
             output = images[str(i)].astype(np.float32)
             masked = mask > 0
             band = _dilate(masked, MASK_BAND)
@@ -294,9 +298,9 @@ def _other_colour(colour: str) -> str:
     return colours[(colours.index(colour) + len(colours) // 2) % len(colours)]
 
 
-def _colour_distance(reading: judge.Reading, scene: dataset.Scene) -> float:
+def _colour_distance(reading: judge.Reading | None, scene: dataset.Scene) -> float:
     """RGB distance from the drawn shape's median colour to the prompt's palette colour."""
-    if reading.rgb is None:
+    if reading is None or reading.rgb is None:
         return _NO_SHAPE_DISTANCE
     distance = np.linalg.norm(np.array(reading.rgb, np.float32) - np.array(dataset.COLOURS[scene.colour], np.float32))
     return float(min(_NO_SHAPE_DISTANCE, distance))

@@ -45,11 +45,18 @@ class TrainConfig:
     caption_dropout: float = 0.1
     snr_gamma: float = 5.0
     ema_decay: float = 0.999
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    threads: int = field(default_factory=lambda: usable_cores())
     # Trained in float32, saved in float16: half the size, and the semantic checks score the
     # same (measured: 96.8% either way on 216 seeded samples).
     save_dtype: str = "float16"
     log_every: int = 100
+
+
+def usable_cores() -> int:
+    """The cores this process may use: a container's or taskset's share, not the host's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def build_vae():
@@ -274,12 +281,22 @@ def train_denoiser(config: TrainConfig, vae, tokenize, vocab_size: int, log: Cal
 
 def train(out_dir: str | Path, config: TrainConfig | None = None, log: Callable[[str], None] = print) -> Path:
     """Train both phases and save a StableDiffusionPipeline folder at out_dir."""
+    import torch
+
+    config = config or TrainConfig()
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _train(out_dir, config, log)
+    finally:
+        torch.set_num_threads(threads_before)  # a caller's (or a test session's) own setting
+
+
+def _train(out_dir: str | Path, config: TrainConfig, log: Callable[[str], None]) -> Path:
     import diffusers
     import torch
     import transformers
 
-    config = config or TrainConfig()
-    torch.set_num_threads(config.threads)
     out = Path(out_dir)
     started = time.perf_counter()
     tok = word_tokenizer(out / "tokenizer")
