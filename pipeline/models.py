@@ -138,27 +138,44 @@ def _local_fingerprint(folder: Path, every_byte: bool = False) -> str:
 
 
 def check_model_source(
-    model: str, revision: str | None = None, storage_options: dict[str, Any] | None = None, allow_pickle: bool = False
+    model: str,
+    revision: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
+    kind: str | None = None,
 ) -> None:
     """Fail fast (in the driver, before any GPU is held) when a model is missing, holds
-    pickle weights that are not allowed, or is a hub id that is neither cached nor reachable."""
+    pickle weights that are not allowed, is a hub id that is neither cached nor reachable,
+    or (for `kind`) is an upscaler where a generator is needed or the other way round."""
     source = model_source(model)
+    index = None  # model_index.json's text, where reading it costs nothing
     if source == "s3":
         fs, inner = storage.filesystem(model, storage_options)
         if not fs.exists(storage.join(inner, "model_index.json")):
             raise ModelError(f"no diffusers model at {model}: model_index.json not found there")
         if not allow_pickle:
             refuse_pickle_only_components([f[len(inner) :].lstrip("/") for f in fs.find(inner)], model)
-    elif source == "local":
-        folder = Path(model.removeprefix("file://")).expanduser()
+        index = fs.cat_file(storage.join(inner, "model_index.json"))
+    elif source in ("local", "builtin"):
+        folder = builtin_folder(model) if source == "builtin" else Path(model.removeprefix("file://")).expanduser()
         if not (folder / "model_index.json").is_file():
             raise ModelError(f"no diffusers model at {folder}: model_index.json not found there")
         if not allow_pickle:
             refuse_pickles([p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()], str(folder))
-    elif source == "builtin":
-        builtin_folder(model)
+        index = (folder / "model_index.json").read_bytes()
     else:
         _check_hub(model, revision)
+    if kind and index:
+        _check_kind(model, kind, json.loads(index).get("_class_name", ""))
+
+
+def _check_kind(model: str, kind: str, pipeline_class: str) -> None:
+    """The x4 upscaler and the generators are different pipelines: each loads only as its own."""
+    upscaler = "Upscale" in pipeline_class
+    if kind == "upscale" and not upscaler:
+        raise ModelError(f"{model!r} is a {pipeline_class}, not an upscale pipeline")
+    if kind != "upscale" and upscaler:
+        raise ModelError(f"{model!r} is an upscaler ({pipeline_class}); a {kind} stage needs a text-to-image model")
 
 
 def _check_hub(model: str, revision: str | None) -> None:

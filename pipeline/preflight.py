@@ -121,7 +121,7 @@ def _check_unique_ids(spec: JobSpec, files: list[str]) -> None:
 def check_models(spec: JobSpec) -> None:
     for index, stage in enumerate(spec.stages):
         try:
-            check_model_source(stage.model, stage.revision, spec.storage_options, stage.allow_pickle)
+            check_model_source(stage.model, stage.revision, spec.storage_options, stage.allow_pickle, stage.kind)
         except ModelError as error:
             raise SpecError(f"stages.{index}.model: {error}") from None
         except Exception as error:  # unreachable endpoint, permissions

@@ -154,3 +154,14 @@ for model, revision in [("org/pipeline", None), ("org/gated", None), ("org/nothi
     assert "is not on the Hugging Face hub, or is private" in lines[2]
     assert "has no revision 'v9'" in lines[3]
     assert "has no model_index.json: it is not a diffusers pipeline" in lines[4]
+
+
+def test_preflight_refuses_an_upscaler_as_a_generator_and_the_other_way_round(tiny):
+    from pipeline.models import ModelError, check_model_source
+
+    with pytest.raises(ModelError, match="'synth:shapes' is a StableDiffusionPipeline, not an upscale pipeline"):
+        check_model_source("synth:shapes", kind="upscale")
+    with pytest.raises(ModelError, match="is an upscaler .*StableDiffusionUpscalePipeline.*; a txt2img stage needs"):
+        check_model_source(tiny["upscale"], kind="txt2img")
+    check_model_source("synth:shapes", kind="inpaint")
+    check_model_source(tiny["upscale"], kind="upscale")
