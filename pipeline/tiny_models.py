@@ -7,7 +7,6 @@ exactly the same code path as a real model (`pipeline.models.load_pipeline`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 KINDS = ("txt2img", "img2img", "inpaint", "upscale")
@@ -33,23 +32,11 @@ def _byte_to_unicode() -> dict[int, str]:
 
 
 def write_tokenizer(out_dir: Path) -> None:
-    """A character-level CLIP tokenizer: every byte symbol, alone and word-final, no merges."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for symbol in _byte_to_unicode().values():
-        vocab[symbol] = len(vocab)
-        vocab[symbol + "</w>"] = len(vocab)
-    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (out_dir / "merges.txt").write_text("#version: 0.2\n")
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": MAX_TOKENS,
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-    }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    """A character-level CLIP tokenizer: every byte symbol, alone and word-final, no merges
+    (the shapes model's word tokenizer with no words) and CLIP's 77-token context."""
+    from pipeline.shapes.tokenizer import write_word_tokenizer  # it imports this module
+
+    write_word_tokenizer(out_dir, [], max_tokens=MAX_TOKENS)
 
 
 def _text_encoder():

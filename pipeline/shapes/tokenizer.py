@@ -48,7 +48,7 @@ def word_merges(words: list[str]) -> list[tuple[str, str]]:
     return sorted(ranks, key=ranks.get)
 
 
-def write_word_tokenizer(out_dir: str | Path, words: list[str]) -> Path:
+def write_word_tokenizer(out_dir: str | Path, words: list[str], max_tokens: int = MAX_TOKENS) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab = {token: i for i, token in enumerate(_SPECIAL)}
@@ -62,7 +62,7 @@ def write_word_tokenizer(out_dir: str | Path, words: list[str]) -> Path:
     (out / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     config = {
         "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": MAX_TOKENS,
+        "model_max_length": max_tokens,
         "bos_token": _SPECIAL[0],
         "eos_token": _SPECIAL[1],
         "unk_token": _SPECIAL[1],
