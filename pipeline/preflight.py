@@ -76,7 +76,8 @@ def check_input(spec: JobSpec) -> InputColumns:
     from pipeline.stages import WORKERS
 
     taken = {"seed"}.union(*(WORKERS[stage.kind].params for stage in spec.stages))
-    overrides = {param: param for param in OVERRIDE_PARAMS if param in names and param in taken}
+    chosen = spec.input.overrides.model_dump()
+    overrides = {param: chosen[param] for param in OVERRIDE_PARAMS if chosen[param] in names and param in taken}
     return InputColumns(roles, overrides, shape.schema)
 
 

@@ -68,8 +68,8 @@ def connect_ray(local: bool = False) -> None:
 
 # Fields that decide what a row's image is. Resources, timeouts and storage options may
 # change between a run and its resume; these may not, or one output would mix two jobs.
-_OUTPUT_DEFINING = ("seed", "input.path", "input.id_column", "input.columns", "output.format", "output.quality",
-                    "output.png_compress_level")
+_OUTPUT_DEFINING = ("seed", "input.path", "input.id_column", "input.columns", "input.overrides", "output.format",
+                    "output.quality", "output.png_compress_level")
 _STAGE_RESOURCES = ("replicas", "gpus", "cpus")
 
 
@@ -93,7 +93,12 @@ def check_same_job(spec: JobSpec) -> None:
     path = storage.join(root, "job.json")
     if not fs.exists(path):
         return
-    before = _defining(json.loads(fs.cat_file(path)))
+    written = json.loads(fs.cat_file(path))
+    try:  # with the defaults of fields added since it was written
+        written = resolved_dict(JobSpec.model_validate(written))
+    except Exception:  # a field since removed: compare what is there
+        pass
+    before = _defining(written)
     now = _defining(resolved_dict(spec))
     changed = [key for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
     if changed:

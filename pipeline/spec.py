@@ -103,6 +103,18 @@ class Columns(_Strict):
     )
 
 
+class OverrideColumns(_Strict):
+    """Which column overrides each generation parameter per row (its non-null values). null:
+    no column does, e.g. for a table whose width and height describe its source images."""
+
+    seed: str | None = Field("seed", description="Column with the row's base seed, a whole number in [0, 2**63).")
+    steps: str | None = Field("steps", description="Column with the row's denoising steps.")
+    guidance_scale: str | None = Field("guidance_scale", description="Column with the row's guidance scale.")
+    strength: str | None = Field("strength", description="Column with the row's img2img/inpaint strength.")
+    width: str | None = Field("width", description="Column with the row's output width (a multiple of 8).")
+    height: str | None = Field("height", description="Column with the row's output height (a multiple of 8).")
+
+
 class InputSpec(_Strict):
     path: str = Field(description="A local path, a glob, or an s3:// URI of Parquet files.")
     id_column: str | None = Field(
@@ -111,6 +123,7 @@ class InputSpec(_Strict):
         "id (identical rows then share one id and one output).",
     )
     columns: Columns = Field(default_factory=Columns)
+    overrides: OverrideColumns = Field(default_factory=OverrideColumns)
     max_image_pixels: int = Field(
         50_000_000,
         ge=64,

@@ -87,3 +87,37 @@ def test_hidden_files_and_an_output_inside_the_input_folder_are_not_input(tmp_pa
     listed = input_files(str(tmp_path), {}, output=str(tmp_path / "out"))[1]
     assert [file[len(str(tmp_path)) + 1:] for file in listed] == ["a.parquet", "sub/b.parquet"]
     assert len(input_files(str(tmp_path / "*.parquet"), {})[1]) == 1
+
+
+def test_override_columns_can_be_renamed_or_turned_off(tmp_path):
+    # A LAION-style table: width and height describe the source images, not the output.
+    columns = {"prompt": ["a red circle"], "width": [1023], "height": [767], "row_seed": [42]}
+    table = write_table(tmp_path / "in.parquet", columns)
+    raw = job(str(table), "out", [stage("txt2img", "synth:shapes")],
+              input={"path": str(table), "overrides": {"width": None, "height": None, "seed": "row_seed"}})
+    spec = preflight.absolute_paths(parse_spec(raw))
+    found = preflight.check_input(spec)
+    assert found.overrides == {"seed": "row_seed"}
+    rows = prepare_rows(pa.table(columns), row_source(spec, found))
+    assert list(rows[B.STATUS]) == ["ok"] and list(rows[B.SEED]) == [42]
+    assert all(rows[B.override_column(name)][0] != rows[B.override_column(name)][0] for name in ("width", "height"))
+
+
+def test_a_resume_compares_override_columns_and_reads_older_job_files_with_defaults(tmp_path):
+    import json
+
+    from pipeline.runner import check_same_job, write_resolved_spec
+
+    table = write_table(tmp_path / "in.parquet", {"prompt": ["a red circle"]})
+    raw = job(str(table), str(tmp_path / "out"), [stage("txt2img", "synth:shapes")])
+    spec = preflight.absolute_paths(parse_spec(raw))
+    (tmp_path / "out").mkdir()
+    write_resolved_spec(spec)
+    written = json.loads((tmp_path / "out" / "job.json").read_text())
+    del written["input"]["overrides"]  # as outputs written before the field existed
+    (tmp_path / "out" / "job.json").write_text(json.dumps(written))
+    check_same_job(spec)  # the same job: its defaults
+
+    turned_off = preflight.absolute_paths(parse_spec({**raw, "input": {"path": str(table), "overrides": {"width": None}}}))
+    with pytest.raises(SpecError, match=r"input.overrides was .*'width': 'width'.*, is now .*'width': None"):
+        check_same_job(turned_off)
