@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from decimal import Decimal
 from typing import Any
+
+# How rows without an id column get their ids (content_id). Written beside each output
+# (row_ids.json) so that a resume refuses an output whose rows were hashed another way: it
+# would match none of them and generate every row a second time. 1: a hash of the column
+# values in column-name order (until 2026-11-24); 2: content_id below.
+ROW_ID_SCHEME = 2
 
 # 128 bits of sha256: collision-free in practice at billions of rows, short enough for a key.
 _ID_HEX = 32
@@ -24,6 +31,8 @@ def _canonical(value: Any) -> tuple[bytes, bytes] | None:
         return None
     if isinstance(value, (bytes, bytearray, memoryview)):
         return b"B", bytes(value)
+    if isinstance(value, Decimal):  # a decimal column: 5.00 is 5, 7.50 is 7.5
+        value = int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, float) and value.is_integer():
         return b"I", str(int(value)).encode()
     if isinstance(value, float):

@@ -148,7 +148,7 @@ def check_model_source(
     pickle weights that are not allowed, is a hub id that is neither cached nor reachable,
     or (for `kind`) is an upscaler where a generator is needed or the other way round."""
     source = model_source(model)
-    index = None  # model_index.json's text, where reading it costs nothing
+    index = None  # model_index.json's bytes, where reading them costs nothing (not a hub download)
     if source == "s3":
         fs, inner = storage.filesystem(model, storage_options)
         if not fs.exists(storage.join(inner, "model_index.json")):
@@ -164,7 +164,7 @@ def check_model_source(
             refuse_pickles([p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()], str(folder))
         index = (folder / "model_index.json").read_bytes()
     else:
-        _check_hub(model, revision)
+        index = _check_hub(model, revision)
     if kind and index:
         _check_kind(model, kind, json.loads(index).get("_class_name", ""))
 
@@ -178,8 +178,9 @@ def _check_kind(model: str, kind: str, pipeline_class: str) -> None:
         raise ModelError(f"{model!r} is an upscaler ({pipeline_class}); a {kind} stage needs a text-to-image model")
 
 
-def _check_hub(model: str, revision: str | None) -> None:
-    """A hub id passes when its model_index.json is cached, or when the hub serves it to
+def _check_hub(model: str, revision: str | None) -> bytes | None:
+    """The cached model_index.json's bytes, or None once the hub has answered that it would
+    serve the file. A hub id passes when its model_index.json is cached, or when the hub serves it to
     this token: one HEAD request that tells a missing repo, a missing revision, a repo that
     is not a diffusers pipeline, and a gated repo whose terms this token has not accepted
     apart. Listing the repo (`model_info`) succeeds for all four."""
@@ -192,8 +193,8 @@ def _check_hub(model: str, revision: str | None) -> None:
     )
 
     try:
-        snapshot_download(model, revision=revision, allow_patterns=["model_index.json"], local_files_only=True)
-        return
+        folder = snapshot_download(model, revision=revision, allow_patterns=["model_index.json"], local_files_only=True)
+        return (Path(folder) / "model_index.json").read_bytes()
     except Exception:
         pass
     at = f" at revision {revision!r}" if revision else ""

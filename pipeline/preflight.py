@@ -77,6 +77,12 @@ def check_input(spec: JobSpec) -> InputColumns:
 
     taken = {"seed"}.union(*(WORKERS[stage.kind].params for stage in spec.stages))
     chosen = spec.input.overrides.model_dump()
+    for param in OVERRIDE_PARAMS:
+        if chosen[param] not in (None, param) and chosen[param] not in names and param in taken:
+            raise SpecError(
+                f"input.overrides.{param}: column {chosen[param]!r} is not in the input table; "
+                f"the table has: {', '.join(sorted(names))}"
+            )
     overrides = {param: chosen[param] for param in OVERRIDE_PARAMS if chosen[param] in names and param in taken}
     return InputColumns(roles, overrides, shape.schema)
 

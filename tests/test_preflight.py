@@ -87,6 +87,9 @@ def test_hidden_files_and_an_output_inside_the_input_folder_are_not_input(tmp_pa
     listed = input_files(str(tmp_path), {}, output=str(tmp_path / "out"))[1]
     assert [file[len(str(tmp_path)) + 1:] for file in listed] == ["a.parquet", "sub/b.parquet"]
     assert len(input_files(str(tmp_path / "*.parquet"), {})[1]) == 1
+    # a file named outright, or a glob that names hidden files, is taken as asked
+    assert input_files(str(tmp_path / "a.parquet"), {}, output=str(tmp_path))[1] == [str(tmp_path / "a.parquet")]
+    assert input_files(str(tmp_path / ".c*.parquet"), {})[1] == [str(tmp_path / ".c.parquet")]
 
 
 def test_override_columns_can_be_renamed_or_turned_off(tmp_path):
@@ -121,3 +124,21 @@ def test_a_resume_compares_override_columns_and_reads_older_job_files_with_defau
     turned_off = preflight.absolute_paths(parse_spec({**raw, "input": {"path": str(table), "overrides": {"width": None}}}))
     with pytest.raises(SpecError, match=r"input.overrides was .*'width': 'width'.*, is now .*'width': None"):
         check_same_job(turned_off)
+
+    # Committed rows whose ids an older synth hashed (no row_ids.json): a resume would
+    # match none of them, so it is refused, unless the rows have ids of their own.
+    (tmp_path / "out" / "row_ids.json").unlink()
+    (tmp_path / "out" / "metadata").mkdir()
+    write_table(tmp_path / "out" / "metadata" / "part-1.parquet", {"id": ["0daa9a50"], "status": ["ok"]})
+    with pytest.raises(SpecError, match=r"holds rows whose ids an older synth computed \(row id scheme 1, now 2\)"):
+        check_same_job(spec)
+    write_resolved_spec(spec)  # as this version's run writes it
+    check_same_job(spec)
+
+
+def test_a_misspelt_override_column_is_refused(tmp_path):
+    table = write_table(tmp_path / "in.parquet", {"prompt": ["a red circle"], "row_seed": [42]})
+    raw = job(str(table), "out", [stage("txt2img", "synth:shapes")],
+              input={"path": str(table), "overrides": {"seed": "row_sed"}})
+    with pytest.raises(SpecError, match=r"input.overrides.seed: column 'row_sed' is not in the input table"):
+        preflight.check_input(preflight.absolute_paths(parse_spec(raw)))

@@ -81,3 +81,19 @@ def test_16_bit_greyscale_is_scaled_to_8_bits_not_clipped():
         pixels = decode(buffer.getvalue(), mode)
         row = pixels[0] if mode == "L" else pixels[0, :, 0]
         assert list(row) == [int(v) >> 8 for v in ramp[0]]  # 0, 17, 34, ... 255
+
+
+def test_a_row_keeps_its_id_whatever_type_its_file_gives_a_value():
+    # Beside another file, a string column may read as binary (pandas bytes), an int seed
+    # as decimal or text, an image struct may gain a path field: the values are the same.
+    roles = {"prompt": "prompt", "image": "image"}
+    base = prepare({"prompt": ["a red circle"], "image": ["pics/a.png"], "seed": pa.array([5], pa.int64())},
+                   roles=roles, overrides={"seed": "seed"})
+    for prompt, image, seed in [
+        (pa.array([b"a red circle"], pa.binary()), ["pics/a.png"], pa.array([5], pa.int64())),
+        (["a red circle"], pa.array([b"pics/a.png"], pa.binary()), pa.array(["5"])),
+        (["a red circle"], [{"bytes": None, "path": "pics/a.png"}], pa.array([5.0])),
+    ]:
+        other = prepare({"prompt": prompt, "image": image, "seed": seed}, roles=roles, overrides={"seed": "seed"})
+        assert other[B.ID][0] == base[B.ID][0]
+        assert other[B.SEED][0] == 5

@@ -263,10 +263,18 @@ def test_a_mask_drawn_on_the_input_image_fits_after_an_earlier_stage_resized_it(
         assert list(out[B.STATUS]) == ["ok"], out[B.ERROR][0]
         assert (out[B.WIDTH][0], out[B.HEIGHT][0]) == expected
 
-    # a mask that fits neither the input image nor a generated one still fails, named
+    # a mask drawn on the resized image fits too (it was the only size taken before)
+    batch = prepared(
+        {"prompt": ["a red circle"], "image": [png_bytes(size=(100, 100))], "mask": [half_mask(size=(64, 48))]},
+        {"prompt": "prompt", "image": "image", "mask": "mask"},
+    )
+    assert list(second(first(batch))[B.STATUS]) == ["ok"]
+
+    # a mask that fits neither the input image nor the one inpaint receives still fails, named
     batch = prepared(
         {"prompt": ["a red circle"], "image": [png_bytes(size=(100, 100))], "mask": [half_mask(size=(96, 96))]},
         {"prompt": "prompt", "image": "image", "mask": "mask"},
     )
     out = second(first(batch))
-    assert out[B.ERROR][0] == "mask: its size 96x96 differs from the input image's 100x100 at stages.1 (inpaint)"
+    assert out[B.ERROR][0] == ("mask: its size 96x96 fits neither the input image's 100x100 nor the image's "
+                               "64x48 at stages.1 (inpaint)")

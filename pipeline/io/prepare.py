@@ -111,6 +111,33 @@ def _seed(value: Any) -> tuple[int | None, str | None]:
     return seed, None
 
 
+def _as_read(name: str, value: Any) -> Any:
+    """A cell as the job reads it, for its content id: decoded text, an image's bytes or URI
+    text, a parsed number. Files beside each other may store one column in different types
+    (string and binary, int and float or decimal or string, an image struct with or without
+    a path field); reading them together widens the type, which must not change an id."""
+    if value is None:
+        return None
+    if name in ("prompt", "negative_prompt"):
+        try:
+            return value if isinstance(value, str) else id_text(value)
+        except UnicodeDecodeError:
+            return value
+    if name in ("image", "mask"):
+        value = images.cell_value(value)
+        if isinstance(value, (bytes, bytearray)) and images.looks_like_uri(value):
+            return bytes(value).decode("utf-8")
+        return value
+    if name == "seed":
+        seed, problem = _seed(value)
+        return value if problem else seed
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return value
+    return None if math.isnan(number) else number
+
+
 def _texts(values: list[Any], label: str, errors: list[str | None]) -> list[str | None]:
     """A text column's cells as str (None stays None). Files written without Parquet's UTF8
     annotation (pandas bytes, older Hive and Spark tables) hold text as binary: decoded, or
@@ -171,7 +198,7 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
     fields = {**source.roles, **source.overrides}  # what a value is to the job -> its column
 
     def row_id_from_content(i: int) -> str:
-        return content_id({name: data[column][i] for name, column in fields.items()})
+        return content_id({name: _as_read(name, data[column][i]) for name, column in fields.items()})
 
     if source.id_column:
         ids = _texts(data[source.id_column], source.id_column, errors)

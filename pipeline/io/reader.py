@@ -19,49 +19,58 @@ class InputError(SpecError):
 
 
 def input_files(path: str, storage_options: dict[str, Any], output: str | None = None) -> tuple[Any, list[str]]:
-    """(filesystem, Parquet files) for a file, a folder of Parquet files, or a glob. Files
-    under `output` (the job's output.path) are left out: an output kept inside the input's
-    folder holds metadata Parquet files with a prompt column, which a rerun would read as
-    input rows."""
+    """(filesystem, Parquet files) for a file, a folder of Parquet files, or a glob. A
+    folder or glob leaves out the metadata files of `output` (the job's output.path): an
+    output kept inside the input's folder holds Parquet files with a prompt column, which
+    a rerun would read as input rows."""
     fs, inner = storage.filesystem(path, storage_options)
     try:
         if any(char in inner for char in _GLOB_CHARS):
             # Only Parquet files: a glob over a folder also matches _SUCCESS and such.
-            root = posixpath.dirname(inner[: min(inner.index(c) for c in _GLOB_CHARS if c in inner)])
-            files = sorted(f for f in fs.glob(inner) if f.endswith((".parquet", ".parq")) and _visible(f, root))
+            root = posixpath.dirname(inner[: _first_wildcard(inner)])
+            files = [f for f in fs.glob(inner) if f.endswith((".parquet", ".parq")) and _visible(f, root, inner)]
         elif fs.isdir(inner):
-            files = sorted(f for f in fs.find(inner) if f.endswith(".parquet") and _visible(f, inner))
-        elif fs.exists(inner):
-            files = [inner]
+            files = [f for f in fs.find(inner) if f.endswith(".parquet") and _visible(f, inner)]
         else:
-            files = []
+            files = [inner] if fs.exists(inner) else []  # named: taken as it is
+            output = None
     except Exception as error:  # permissions, unknown bucket, unreachable endpoint
         raise InputError(f"input.path: cannot list {path}: {type(error).__name__}: {error}") from None
     if output and _scheme(output) == _scheme(path):
-        skipped = storage.filesystem(output, storage_options)[1].rstrip("/") + "/"
-        files = [file for file in files if not file.startswith(skipped)]
+        metadata = storage.filesystem(output, storage_options)[1].rstrip("/") + "/metadata/"
+        files = [file for file in files if not file.startswith(metadata)]
     if not files:
         raise InputError(f"input.path: no Parquet files at {path}")
-    return fs, files
+    return fs, sorted(files)
+
+
+def _first_wildcard(path: str) -> int:
+    """Where a glob's wildcards start (len(path) when there are none)."""
+    return min([path.index(c) for c in _GLOB_CHARS if c in path] or [len(path)])
 
 
 def _scheme(path: str) -> str:
     return path.split("://")[0] if storage.is_remote(path) else "file"
 
 
-def _visible(file: str, root: str) -> bool:
+def _visible(file: str, root: str, pattern: str = "") -> bool:
     """Not hidden: no name below `root` starts with "." or "_". Spark and Hive leave
     `_temporary/` attempts and `.part-*.crc` files beside their output, and an interrupted
-    copy leaves dot-files; pyarrow and Ray Data skip them, and so does this listing."""
-    below = file[len(root):] if file.startswith(root) else posixpath.basename(file)
-    return not any(name.startswith((".", "_")) for name in below.split("/") if name)
+    copy leaves dot-files; pyarrow and Ray Data skip them, and so does this listing, unless
+    the glob `pattern` itself names such files (`_part-*.parquet`)."""
+    def hidden(names: str) -> bool:
+        return any(name.startswith((".", "_")) for name in names.split("/") if name)
+
+    if pattern and hidden(pattern[len(root):]):
+        return True
+    return not hidden(file[len(root):] if file.startswith(root) else posixpath.basename(file))
 
 
 def base_dir(path: str, storage_options: dict[str, Any] | None = None) -> str:
     """The folder that relative image paths in the table resolve against: the input path
     itself when it is a folder, else its folder (for a glob, the part before the first
     wildcard)."""
-    cut = min([path.index(c) for c in _GLOB_CHARS if c in path] or [len(path)])
+    cut = _first_wildcard(path)
     head = path[:cut]
     if cut < len(path):
         head = posixpath.dirname(head)
@@ -128,7 +137,19 @@ def input_shape(spec: JobSpec) -> InputShape:
         union = pa.unify_schemas(list(schemas.values()), promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         raise InputError(f"input.path: the Parquet files disagree on a column's type: {error}") from None
-    return InputShape(union, {file: frozenset(schema.names) for file, schema in schemas.items()})
+    fields = []
+    for field in union:
+        # Nullable: a file without the column gives its rows nulls, even where another
+        # file (Spark's) declares it NOT NULL.
+        field = field.with_nullable(True)
+        exact = [schema.field(field.name).type for schema in schemas.values() if field.name in schema.names]
+        if pa.types.is_floating(field.type) and any(pa.types.is_integer(t) or pa.types.is_decimal(t) for t in exact):
+            # int beside float: as double, integers above 2**53 (63-bit seeds, big ids)
+            # would not survive the cast; as text, each keeps its exact digits (8.0 reads
+            # "8"), and prepare parses them as it parses any cell.
+            field = field.with_type(pa.string())
+        fields.append(field)
+    return InputShape(pa.schema(fields), {file: frozenset(schema.names) for file, schema in schemas.items()})
 
 
 def unreadable(file: str, error: Exception) -> InputError:
@@ -162,7 +183,7 @@ def _sizes_if_small(fs, files: list[str], max_bytes: int) -> list[int] | None:
     return sizes
 
 
-def _read_on_driver(fs, files: list[str], sizes: list[int], columns: list[str]):
+def _read_on_driver(fs, files: list[str], sizes: list[int], columns: list[str], schema=None):
     """The files' rows in file order, then row order: the order the distributed read keeps
     (preserve_order), so both reads cut the same chunks and a job's bytes do not depend on
     which read ran. Like that read, it skips empty (0-byte) files, widens column types that
@@ -183,7 +204,12 @@ def _read_on_driver(fs, files: list[str], sizes: list[int], columns: list[str]):
                 table = parquet.read(columns=present)
         except Exception as error:
             raise unreadable(file, error) from None
-        tables.append(table.cast(plain_types(table.schema)))
+        try:
+            if schema is not None:  # each file to the common types first: concatenating widens int to double
+                table = table.cast(pa.schema([schema.field(name) for name in table.column_names]))
+            tables.append(table.cast(plain_types(table.schema)))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as error:
+            raise InputError(f"input.path: {file} does not fit the types of the table's other files: {error}") from None
     if not tables:
         raise InputError("input.path: every Parquet file of the input is empty (0 bytes)")
     try:
@@ -211,8 +237,8 @@ def read_input(spec: JobSpec, columns: list[str], task_cpus: float, driver_max_b
         # for a worker process and then holds one of the workers Ray pre-starts, so the
         # stage actor has to start a new one (README, Performance). from_blocks is a Ray
         # DeveloperAPI; tests/test_reader.py runs this path.
-        table = _read_on_driver(fs, files, sizes, columns)
-        return ray.data.from_blocks([table.cast(schema) if schema is not None else table])
+        table = _read_on_driver(fs, files, sizes, columns, schema)
+        return ray.data.from_blocks([table.select(schema.names).cast(schema) if schema is not None else table])
     remote = storage.is_remote(spec.input.path)
     filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)) if remote else None
     return ray.data.read_parquet(

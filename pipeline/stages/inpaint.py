@@ -18,16 +18,17 @@ class InpaintWorker(StageWorker):
         mask_size = (int(batch[B.MASK_WIDTH][row]), int(batch[B.MASK_HEIGHT][row]))
         if mask_size == (0, 0):
             return f"stages.{self.index} (inpaint): the row has no mask"
-        # A mask is drawn on the row's input image; without one (txt2img -> inpaint), on the
-        # image this stage receives. It is then resized as that image is (see _inputs).
-        drawn_on, which = (batch[B.SOURCE_WIDTH][row], batch[B.SOURCE_HEIGHT][row]), "input image's"
-        if not drawn_on[0]:
-            drawn_on, which = (batch[B.WIDTH][row], batch[B.HEIGHT][row]), "image's"
-        if mask_size != (int(drawn_on[0]), int(drawn_on[1])):
-            return (
-                f"mask: its size {mask_size[0]}x{mask_size[1]} differs from the {which} "
-                f"{int(drawn_on[0])}x{int(drawn_on[1])} at stages.{self.index} (inpaint)"
-            )
+        # A mask is drawn on the row's input image, or on the image this stage receives
+        # (which an earlier stage of the chain may have resized, or made: txt2img ->
+        # inpaint). Either way it is resized as that image is (see _inputs).
+        source = (int(batch[B.SOURCE_WIDTH][row]), int(batch[B.SOURCE_HEIGHT][row]))
+        current = (int(batch[B.WIDTH][row]), int(batch[B.HEIGHT][row]))
+        if mask_size not in (source, current):
+            size, at = f"{mask_size[0]}x{mask_size[1]}", f"at stages.{self.index} (inpaint)"
+            if source[0] and source != current:
+                return (f"mask: its size {size} fits neither the input image's {source[0]}x{source[1]} "
+                        f"nor the image's {current[0]}x{current[1]} {at}")
+            return f"mask: its size {size} differs from the image's {current[0]}x{current[1]} {at}"
         return None
 
     def generate(self, group: Group):
