@@ -23,10 +23,10 @@ def _sha256(text: str | bytes) -> hashlib._Hash:
 
 
 def _canonical(value: Any) -> tuple[bytes, bytes] | None:
-    """(type tag, bytes) of a cell, None for an empty one (null or NaN). A number has one
-    form whatever type its file stored it in: files whose types differ are widened (an int
-    column next to a float one reads as float, as does a pandas int column with a null), and
-    a row must keep its id when a file is added beside it."""
+    """(type tag, bytes) of a value, None for an empty one (null or NaN). A number has one
+    form whether it arrives as an int, an integral float or a decimal (a pandas int column
+    with a null is float64), as a row must keep its id whatever types its file's neighbours
+    widen a column to."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, (bytes, bytearray, memoryview)):

@@ -131,7 +131,7 @@ def _check_row_id_scheme(spec: JobSpec, fs, root: str) -> None:
         raise SpecError(
             f"output.path: {spec.output.path} holds rows whose ids an older synth computed (row id scheme "
             f"{scheme}, now {ROW_ID_SCHEME}): a resume would match none of them and generate every row again. "
-            "Use a new output path, or give the table an input.id_column"
+            "Run into a new output path"
         )
 
 
