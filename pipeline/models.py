@@ -151,11 +151,12 @@ def check_model_source(
     index = None  # model_index.json's bytes, where reading them costs nothing (not a hub download)
     if source == "s3":
         fs, inner = storage.filesystem(model, storage_options)
-        if not fs.exists(storage.join(inner, "model_index.json")):
-            raise ModelError(f"no diffusers model at {model}: model_index.json not found there")
+        try:
+            index = fs.cat_file(storage.join(inner, "model_index.json"))
+        except FileNotFoundError:
+            raise ModelError(f"no diffusers model at {model}: model_index.json not found there") from None
         if not allow_pickle:
             refuse_pickle_only_components([f[len(inner) :].lstrip("/") for f in fs.find(inner)], model)
-        index = fs.cat_file(storage.join(inner, "model_index.json"))
     elif source in ("local", "builtin"):
         folder = builtin_folder(model) if source == "builtin" else Path(model.removeprefix("file://")).expanduser()
         if not (folder / "model_index.json").is_file():
