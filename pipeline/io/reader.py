@@ -235,7 +235,7 @@ def read_input(spec: JobSpec, columns: list[str], task_cpus: float, driver_max_b
         # from_blocks, not from_arrow: from_arrow reads the table's schema and size in a
         # remote task that the driver waits for. While the cluster starts, that task waits
         # for a worker process and then holds one of the workers Ray pre-starts, so the
-        # stage actor has to start a new one (README, Performance). from_blocks is a Ray
+        # stage actor has to start a new one (benchmarks/README.md). from_blocks is a Ray
         # DeveloperAPI; tests/test_reader.py runs this path.
         table = _read_on_driver(fs, files, sizes, columns, schema)
         return ray.data.from_blocks([table.select(schema.names).cast(schema) if schema is not None else table])
