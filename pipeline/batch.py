@@ -44,10 +44,6 @@ STATUS = "status"
 ERROR = "error"
 OK, FAILED = "ok", "failed"
 
-# Per-row overrides read from the input table, each applied by the first stage that takes
-# the parameter. float64 with NaN for "not set" keeps the column type fixed.
-OVERRIDES = ("steps", "guidance_scale", "strength", "width", "height")
-
 
 def queued(batch: dict[str, np.ndarray]) -> np.ndarray:
     """QUEUE_SECONDS including the wait that ends now (zeros for a batch from outside Ray Data)."""
@@ -64,6 +60,8 @@ def handed_off(count: int) -> np.ndarray:
 
 
 def override_column(param: str) -> str:
+    """A row's override of a generation parameter (pipeline/params.py), applied by the first
+    stage that takes it. float64 with NaN for "not set" keeps the column type fixed."""
     return f"row_{param}"
 
 

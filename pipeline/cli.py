@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 
@@ -30,11 +31,12 @@ def cmd_validate(args) -> int:
 def _run(spec, retry_failed: bool = False) -> int:
     from pipeline.runner import run_job
 
-    summary = run_job(spec, log=lambda line: print(f"synth: {line}", flush=True), retry_failed=retry_failed)
+    summary = run_job(spec, retry_failed=retry_failed)
     for example in summary.errors:
         print(f"synth: failed row {example}", file=sys.stderr)
     print(f"synth: {summary.line()}", flush=True)
-    if summary.failed_share > spec.max_failed_fraction:
+    code = summary.exit_code(spec.max_failed_fraction)
+    if code:
         failed = summary.rows_failed + summary.skipped_failed
         print(
             f"synth: {failed} of {summary.rows + summary.rows_skipped} committed rows failed "
@@ -42,8 +44,7 @@ def _run(spec, retry_failed: bool = False) -> int:
             "see the metadata's error column, fix the inputs and run with --retry-failed",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    return code
 
 
 def cmd_run(args) -> int:
@@ -52,8 +53,7 @@ def cmd_run(args) -> int:
 
 def cmd_demo(args) -> int:
     from pipeline.demo import prepare_demo, write_grid
-
-    from pipeline.runner import connect_ray
+    from pipeline.ray_session import connect_ray
 
     spec = prepare_demo(args.out_dir)
     connect_ray(local=True)
@@ -80,7 +80,7 @@ def cmd_train_tiny(args) -> int:
     for name in ("vae_steps", "unet_steps", "threads"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
-    train(args.out_dir, config, log=lambda line: print(f"synth: {line}", flush=True))
+    train(args.out_dir, config)
     return 0
 
 
@@ -91,22 +91,20 @@ def cmd_eval_tiny(args) -> int:
     from pipeline.shapes.evaluate import Evaluation, format_table
     from pipeline.shapes.train import write_untrained
 
-    def log(line: str) -> None:
-        if args.verbose:
-            print(f"synth: {line}", flush=True)
+    from pipeline.ray_session import connect_ray
 
-    from pipeline.runner import connect_ray
-
+    if not args.verbose:  # the jobs' progress; the results table is printed either way
+        logging.getLogger("synth").setLevel(max(logging.WARNING, logging.getLogger("synth").level))
     connect_ray(local=True)
     with tempfile.TemporaryDirectory(prefix="synth-eval-") as tmp:
         work = Path(args.work_dir or tmp)
         columns = {}
         print(f"synth: evaluating {args.model} ({args.samples} samples per combination)...", flush=True)
-        columns[args.model] = Evaluation(args.model, work / "model", args.samples, log=log).all()
+        columns[args.model] = Evaluation(args.model, work / "model", args.samples).all()
         if not args.no_baseline:
             print("synth: evaluating the same architecture with random weights...", flush=True)
             baseline = write_untrained(work / "untrained-model")
-            columns["random weights"] = Evaluation(str(baseline), work / "untrained", args.samples, log=log).all()
+            columns["random weights"] = Evaluation(str(baseline), work / "untrained", args.samples).all()
     print(format_table(columns))
     model_passes = all(result.passed for result in columns[args.model])
     # A check that random weights pass proves nothing: that is a failure of the checks.
@@ -131,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.tiny_models import KINDS
 
     parser = argparse.ArgumentParser(prog="synth", description="Ray-distributed batch image generation.")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="how much synth says while it works (default: info)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_spec(name: str, help_text: str):
@@ -184,12 +184,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Prefixed(logging.Formatter):
+    """synth's lines: "synth: message", with the level named above info."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return f"synth: {level}{text}"
+
+
+def configure_logging(level: str = "info") -> None:
+    """The `synth` loggers: progress (info and below) to stdout, warnings and errors to
+    stderr. Other libraries' loggers, Ray Data's progress among them, are left alone."""
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    root = logging.getLogger("synth")
+    root.handlers[:] = []
+    for handler in (out, err):
+        handler.setFormatter(_Prefixed())
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.models import ModelError
     from pipeline.resources import PlanError
     from pipeline.spec import SpecError
 
     args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
     try:
         return args.func(args)
     except (SpecError, PlanError, ModelError) as error:

@@ -172,10 +172,12 @@ def check_model_source(
 
 def _check_kind(model: str, kind: str, pipeline_class: str) -> None:
     """The x4 upscaler and the generators are different pipelines: each loads only as its own."""
+    from pipeline.stages import STAGES
+
     upscaler = "Upscale" in pipeline_class
-    if kind == "upscale" and not upscaler:
+    if STAGES[kind].upscaler and not upscaler:
         raise ModelError(f"{model!r} is a {pipeline_class}, not an upscale pipeline")
-    if kind != "upscale" and upscaler:
+    if not STAGES[kind].upscaler and upscaler:
         raise ModelError(f"{model!r} is an upscaler ({pipeline_class}); a {kind} stage needs a text-to-image model")
 
 
@@ -326,24 +328,20 @@ def load_pipeline(
     """Load the diffusers pipeline that serves a stage kind from a resolved model folder."""
     import diffusers
 
-    loaders = {
-        "txt2img": diffusers.AutoPipelineForText2Image,
-        "img2img": diffusers.AutoPipelineForImage2Image,
-        "inpaint": diffusers.AutoPipelineForInpainting,
-        # The x4 upscaler has no AutoPipeline; its model_index.json names its class.
-        "upscale": diffusers.DiffusionPipeline,
-    }
+    from pipeline.stages import STAGES
+
+    declared = STAGES[kind]
     # Pickles in user folders were refused in preflight; remote models arrive without them;
     # a hub cache may still hold some from other downloads, which use_safetensors=True
     # never opens.
     try:
-        pipe = loaders[kind].from_pretrained(
+        pipe = getattr(diffusers, declared.pipeline_class).from_pretrained(
             # None: prefer safetensors, fall back to pickles only where explicitly allowed.
             resolved.path, dtype=torch_dtype(dtype, device), use_safetensors=None if allow_pickle else True
         )
     except Exception as error:
         raise ModelError(f"cannot load {resolved.source!r} as a {kind} pipeline: {type(error).__name__}: {error}") from None
-    if kind == "upscale" and "Upscale" not in type(pipe).__name__:
+    if declared.upscaler and "Upscale" not in type(pipe).__name__:
         raise ModelError(f"{resolved.source!r} is a {type(pipe).__name__}, not an upscale pipeline")
     if scheduler:
         scheduler_class = getattr(diffusers, scheduler, None)

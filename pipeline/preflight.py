@@ -11,15 +11,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline import batch as B
 from pipeline import storage
 from pipeline.io.reader import input_shape
 from pipeline.keys import id_text
 from pipeline.models import ModelError, check_model_source, model_source
+from pipeline.params import ROW_PARAMS
 from pipeline.spec import JobSpec, SpecError
 
-# The row's seed plus the per-row generation overrides that pipeline/batch.py carries.
-OVERRIDE_PARAMS = ("seed", *B.OVERRIDES)
+# The row's seed plus the generation parameters a row may override.
+OVERRIDE_PARAMS = ("seed", *ROW_PARAMS)
 
 
 def absolute_paths(spec: JobSpec) -> JobSpec:
@@ -56,7 +56,7 @@ def check_input(spec: JobSpec) -> InputColumns:
     roles = {role: columns[role] for role in used if columns[role] in names}
     needed = {f"input.columns.{role}": (getattr(spec.input.columns, role), f" ({reason})")
               for role, reason in spec.required_roles().items()}
-    if spec.stages[0].kind != "upscale":
+    if spec.stages[0].needs_prompt:
         needed["input.columns.prompt"] = (spec.input.columns.prompt, "")
     if spec.input.id_column:
         needed["input.id_column"] = (spec.input.id_column, "")
@@ -73,9 +73,7 @@ def check_input(spec: JobSpec) -> InputColumns:
         _check_unique_ids(spec, list(shape.files))
     # Only the parameters some stage takes: a `strength` column in a txt2img-only table, or
     # the `width` and `height` of an upscale job's source images, is not read (or checked).
-    from pipeline.stages import WORKERS
-
-    taken = {"seed"}.union(*(WORKERS[stage.kind].params for stage in spec.stages))
+    taken = {"seed"}.union(*(stage.row_params() for stage in spec.stages))
     chosen = spec.input.overrides.model_dump()
     for param in OVERRIDE_PARAMS:
         if chosen[param] not in (None, param) and chosen[param] not in names and param in taken:
@@ -150,14 +148,12 @@ def check_output(spec: JobSpec) -> None:
 def override_owners(spec: JobSpec, overrides: dict[str, str]) -> list[list[str]]:
     """For each stage, the per-row override columns it applies: each parameter goes to the
     first stage that takes it (seed is the row's base seed, used by every stage)."""
-    from pipeline.stages import WORKERS
-
     owners: list[list[str]] = [[] for _ in spec.stages]
     for param in overrides:
         if param == "seed":
             continue
         for index, stage in enumerate(spec.stages):
-            if param in WORKERS[stage.kind].params:
+            if param in stage.row_params():
                 owners[index].append(param)
                 break
     return owners

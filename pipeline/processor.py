@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
+from pipeline.io.commit_log import CommitLog
 from pipeline.io.prepare import RowSource, prepare_rows
 from pipeline.io.reader import read_input
-from pipeline.io.writer import OutputTarget, StageInfo, write_outputs
+from pipeline.io.writer import Encoding, OutputTarget, stage_info, write_outputs
 from pipeline.resources import Plan
 from pipeline.spec import JobSpec
 
 
 def output_target(spec: JobSpec) -> OutputTarget:
     return OutputTarget(
-        path=spec.output.path,
-        format=spec.output.format,
-        quality=spec.output.quality,
-        png_compress_level=spec.output.png_compress_level,
-        storage_options=spec.output_storage_options(),
-        stages=tuple(
-            StageInfo(s.kind, s.model, s.scheduler, s.noise_level, s.negative_prompt, s.dtype) for s in spec.stages
-        ),
+        log=CommitLog.of(spec),
+        encoding=Encoding(spec.output.format, spec.output.quality, spec.output.png_compress_level),
+        stages=tuple(stage_info(stage) for stage in spec.stages),
     )
 
 
@@ -31,8 +27,6 @@ def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[lis
     """The lazy dataset of the whole job; iterating it runs the job and yields, per written
     batch, the rows' id, status and error."""
     import ray.data
-
-    from pipeline.stages import WORKERS
 
     ds = read_input(spec, source.columns(), plan.task_cpus, schema=source.read_schema())
     # The unit of work and of commit is a chunk: `chunk_rows(spec)` consecutive input rows,
@@ -55,7 +49,7 @@ def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[lis
         if stage_plan.gpus:
             resources["num_gpus"] = stage_plan.gpus
         ds = ds.map_batches(
-            WORKERS[stage.kind],
+            stage.worker,
             fn_constructor_kwargs={
                 "stage": stage.model_dump(),
                 "index": index,
@@ -65,7 +59,7 @@ def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[lis
             },
             # One chunk per call; the worker slices it into batch_size groups itself. Ray Data
             # bundles blocks until a batch is full, so this is exact because chunks are
-            # never short mid-stream (a rerun skips or redoes whole chunks, see ledger.py).
+            # never short mid-stream (a rerun skips or redoes whole chunks, see commit_log.py).
             batch_size=chunk_rows(spec),
             batch_format="numpy",
             # One batch running and one queued per actor: enough to hide the hand-off, few

@@ -12,21 +12,17 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field, ValidationError, create_model, model_validator
+
+from pipeline.params import ROW_PARAMS
+from pipeline.stages import STAGES, Replicas, StageSpec
 from pipeline.storage import merge_options
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pipeline.strict import FieldError, Strict
 
-StageKind = Literal["txt2img", "img2img", "inpaint", "upscale"]
 ImageFormat = Literal["png", "jpeg", "webp"]
-DType = Literal["auto", "float32", "float16", "bfloat16"]
-
-# Kind-specific defaults, filled in when the spec leaves a field out, so the resolved
-# spec (printed by `synth validate` and written beside the outputs) shows what ran.
-STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "txt2img": {"steps": 30, "guidance_scale": 7.5},
-    "img2img": {"steps": 30, "guidance_scale": 7.5, "strength": 0.6},
-    "inpaint": {"steps": 30, "guidance_scale": 7.5, "strength": 1.0},
-    "upscale": {"steps": 20, "guidance_scale": 9.0, "noise_level": 20},
-}
+# Re-exported: the spec's parts, for code that builds or documents specs.
+__all__ = ["Columns", "FieldError", "InputSpec", "JobSpec", "OutputSpec", "OverrideColumns", "Replicas", "SpecError",
+           "StageSpec", "load_spec", "parse_spec", "resolved_dict"]
 
 # storage_options keys that carry secrets. Credentials come from the AWS environment
 # variables or the instance profile; a spec file is copied around and written beside
@@ -50,19 +46,6 @@ class SpecError(ValueError):
     """A job spec that cannot be loaded or validated; the message names the field."""
 
 
-class FieldError(ValueError):
-    """Raised by model-level validators to point at a field below the model being validated."""
-
-    def __init__(self, path: str, message: str):
-        super().__init__(message)
-        self.path = path
-
-
-class _Strict(BaseModel):
-    # Unknown fields are errors: a typo such as `stpes: 2` must not be silently ignored.
-    model_config = ConfigDict(extra="forbid")
-
-
 def _check_no_credentials(options: dict[str, Any] | None) -> dict[str, Any] | None:
     if not options:
         return options
@@ -82,7 +65,7 @@ def _check_no_credentials(options: dict[str, Any] | None) -> dict[str, Any] | No
     return options
 
 
-class Columns(_Strict):
+class Columns(Strict):
     """Which input column plays which role. A role whose column is absent is simply unused,
     unless a stage needs it (checked against the table before any GPU is held)."""
 
@@ -103,19 +86,20 @@ class Columns(_Strict):
     )
 
 
-class OverrideColumns(_Strict):
-    """Which column overrides each generation parameter per row (its non-null values). null:
-    no column does, e.g. for a table whose width and height describe its source images."""
+OverrideColumns = create_model(
+    "OverrideColumns",
+    __base__=Strict,
+    __doc__="""Which column overrides each generation parameter per row (its non-null values). null:
+    no column does, e.g. for a table whose width and height describe its source images.""",
+    seed=(str | None, Field("seed", description="Column with the row's base seed, a whole number in [0, 2**63).")),
+    **{
+        param: (str | None, Field(param, description=f"Column with the row's {param} (the bounds of stages[].{param})."))
+        for param in ROW_PARAMS
+    },
+)
 
-    seed: str | None = Field("seed", description="Column with the row's base seed, a whole number in [0, 2**63).")
-    steps: str | None = Field("steps", description="Column with the row's denoising steps.")
-    guidance_scale: str | None = Field("guidance_scale", description="Column with the row's guidance scale.")
-    strength: str | None = Field("strength", description="Column with the row's img2img/inpaint strength.")
-    width: str | None = Field("width", description="Column with the row's output width (a multiple of 8).")
-    height: str | None = Field("height", description="Column with the row's output height (a multiple of 8).")
 
-
-class InputSpec(_Strict):
+class InputSpec(Strict):
     path: str = Field(description="A local path, a glob, or an s3:// URI of Parquet files.")
     id_column: str | None = Field(
         None,
@@ -140,7 +124,7 @@ class InputSpec(_Strict):
         return self
 
 
-class OutputSpec(_Strict):
+class OutputSpec(Strict):
     path: str = Field(description="Local folder or s3:// prefix; images/ and metadata/ are written under it.")
     format: ImageFormat = Field("png", description="Image encoding: png (lossless), jpeg or webp (lossy, smaller).")
     quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality; higher is larger and sharper.")
@@ -157,105 +141,7 @@ class OutputSpec(_Strict):
         return self
 
 
-class Replicas(_Strict):
-    min: int = Field(1, ge=1, description="Actors started before work begins.")
-    max: int | None = Field(
-        None,
-        ge=1,
-        description="Most actors; left out, as many as the cluster's GPUs (or CPUs, for CPU stages) allow.",
-    )
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "Replicas":
-        if self.max is not None and self.max < self.min:
-            raise ValueError(f"max ({self.max}) is below min ({self.min})")
-        return self
-
-
-class StageSpec(_Strict):
-    kind: StageKind
-    model: str = Field(
-        description="A Hugging Face repo id, a local diffusers folder, an s3:// prefix holding one, or a model "
-        "built into synth: synth:shapes (32 px coloured shapes; txt2img, img2img and inpaint)."
-    )
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a hub model id.")
-    steps: int | None = Field(None, ge=1, le=1000, description="Denoising steps; cost grows linearly.")
-    guidance_scale: float | None = Field(
-        None,
-        ge=0,
-        description="Classifier-free guidance; above 1 runs the denoiser twice per step (2x cost) for stronger "
-        "prompt adherence.",
-    )
-    negative_prompt: str | None = Field(None, description="Default negative prompt (a row's own column wins).")
-    width: int | None = Field(
-        None, ge=8, description="Output width in pixels (multiple of 8); default: the model's for txt2img, the "
-        "input's for img2img/inpaint (which keep its aspect ratio when only one side is set)."
-    )
-    height: int | None = Field(
-        None, ge=8, description="Output height in pixels (multiple of 8); default as for width."
-    )
-    strength: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="img2img/inpaint: how far to move from the input image (1 = ignore it); runs about "
-        "strength x steps denoiser calls.",
-    )
-    noise_level: int | None = Field(
-        None, ge=0, description="upscale: noise added to the low-resolution input; more lets it invent detail."
-    )
-    scheduler: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z0-9]+Scheduler$",
-        description="A diffusers scheduler class name (e.g. DPMSolverMultistepScheduler); default: the model's.",
-    )
-    dtype: DType = Field(
-        "auto", description="auto: bfloat16 on CUDA (float16 where bf16 is not native), float32 on CPU."
-    )
-    allow_pickle: bool = Field(
-        False,
-        description="Allow a model folder that holds pickle weights (.bin, .ckpt, .pt, .pth, .pkl), which can "
-        "run code when loaded. Off: such folders are refused and only safetensors load.",
-    )
-    batch_size: int = Field(4, ge=1, description="Rows per pipeline call; larger uses the GPU better and more memory.")
-    replicas: Replicas = Field(default_factory=Replicas)
-    gpus: float | None = Field(
-        None, ge=0, description="GPUs per replica (fractions share a GPU); default: 1 if the cluster has GPUs, else 0."
-    )
-    cpus: float | None = Field(
-        None,
-        gt=0,
-        description="CPUs per replica; default: 1, less on small machines so read and write tasks always "
-        "keep a CPU.",
-    )
-
-    @field_validator("width", "height")
-    @classmethod
-    def _multiple_of_8(cls, value: int | None) -> int | None:
-        if value is not None and value % 8:
-            raise ValueError(f"must be a multiple of 8 (the VAE works on 8x8 pixel cells), got {value}")
-        return value
-
-    @model_validator(mode="after")
-    def _kind_rules(self) -> "StageSpec":
-        if self.strength is not None and self.kind not in ("img2img", "inpaint"):
-            raise FieldError("strength", f"applies to img2img and inpaint, not {self.kind}")
-        if self.noise_level is not None and self.kind != "upscale":
-            raise FieldError("noise_level", f"applies to upscale, not {self.kind}")
-        for name in ("width", "height"):
-            if self.kind == "upscale" and getattr(self, name):
-                raise FieldError(name, "does not apply to upscale, which takes its size from its input (4x)")
-        for name, value in STAGE_DEFAULTS[self.kind].items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        if self.strength is not None and int(self.steps * self.strength) < 1:
-            raise FieldError(
-                "strength", f"steps x strength = {self.steps} x {self.strength:g} leaves no denoising step"
-            )
-        return self
-
-
-class JobSpec(_Strict):
+class JobSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", description="Job name, used in logs.")
     seed: int = Field(0, ge=0, lt=2**63, description="Base seed; each row's seed derives from it and the row id.")
     input: InputSpec
@@ -284,10 +170,10 @@ class JobSpec(_Strict):
     def _chain(self) -> "JobSpec":
         _check_no_credentials(self.storage_options)
         for index, stage in enumerate(self.stages[1:], start=1):
-            if stage.kind == "txt2img":
+            if not stage.needs_image:
                 raise FieldError(
                     f"stages.{index}.kind",
-                    "txt2img can only be the first stage (it would discard the image made before it); "
+                    f"{stage.kind} can only be the first stage (it would discard the image made before it); "
                     "use img2img to refine an image",
                 )
         return self
@@ -299,14 +185,15 @@ class JobSpec(_Strict):
         return merge_options(self.storage_options, self.output.storage_options or {})
 
     def required_roles(self) -> dict[str, str]:
-        """Input roles the stage chain needs, each with the reason (for error messages)."""
+        """Input roles the stage chain needs from the table, each with the reason (for error
+        messages): the first stage's image, and every mask."""
         first = self.stages[0]
         needs: dict[str, str] = {}
-        if first.kind != "txt2img":
+        if first.needs_image:
             needs["image"] = f"stages.0 ({first.kind}) reads its input image from the table"
         for index, stage in enumerate(self.stages):
-            if stage.kind == "inpaint":
-                needs.setdefault("mask", f"stages.{index} (inpaint) needs a mask")
+            if stage.needs_mask:
+                needs.setdefault("mask", f"stages.{index} ({stage.kind}) needs a mask")
         return needs
 
 
@@ -316,12 +203,19 @@ class JobSpec(_Strict):
 def format_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        parts = [str(part) for part in item["loc"]]
+        # A stage's errors sit below its kind's tag (stages.0.txt2img.width): name the field
+        # as the spec file does (stages.0.width).
+        parts = [str(part) for i, part in enumerate(item["loc"])
+                 if not (part in STAGES and i and isinstance(item["loc"][i - 1], int))]
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            parts.append("kind")
+            message = ("Field required" if item["type"] == "union_tag_not_found"
+                       else f"Input should be one of {', '.join(STAGES)}, got {item['ctx']['tag']!r}")
         cause = item.get("ctx", {}).get("error")
         if isinstance(cause, FieldError):
             parts.append(cause.path)
         path = ".".join(parts) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
         lines.append(f"{path}: {message}")
     return "\n".join(lines)
 

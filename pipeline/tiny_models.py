@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-KINDS = ("txt2img", "img2img", "inpaint", "upscale")
+from pipeline.stages import STAGES
+
+# One tiny model per stage kind; the architecture follows from what the kind declares.
+KINDS = tuple(STAGES)
 
 # The text encoder's context length. CLIPTokenizer needs it explicitly when built from
 # local files, otherwise truncation raises OverflowError.
@@ -145,7 +148,7 @@ def build_tiny_pipeline(kind: str):
         write_tokenizer(Path(tmp))
         tokenizer = CLIPTokenizer.from_pretrained(tmp)
     common = dict(text_encoder=_text_encoder(), tokenizer=tokenizer)
-    if kind == "upscale":
+    if STAGES[kind].upscaler:
         from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline
 
         return StableDiffusionUpscalePipeline(
@@ -158,7 +161,7 @@ def build_tiny_pipeline(kind: str):
             **common,
         )
     safety = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    if kind == "inpaint":
+    if STAGES[kind].needs_mask:
         from diffusers import StableDiffusionInpaintPipeline
 
         # 9 input channels (latents + mask + masked-image latents): a real inpainting UNet.

@@ -70,6 +70,7 @@ def test_run_on_a_cluster_at_ray_address_with_overrides(ray_cluster, tiny, tmp_p
     # one undecodable image out of three is above the default max_failed_fraction of 0
     assert result.returncode == 1, result.stderr[-3000:]
     assert "2 rows ok, 1 failed" in result.stdout
+    assert "synth: stage 0 img2img: 1-" in result.stdout  # progress goes through logging, at info
     assert "1 of 3 committed rows failed" in result.stderr and "above max_failed_fraction" in result.stderr
     rows = read_metadata(str(tmp_path / "out"))
     assert {row["stages"][0]["steps"] for row in rows if row["status"] == "ok"} == {2}
@@ -81,15 +82,27 @@ def test_run_on_a_cluster_at_ray_address_with_overrides(ray_cluster, tiny, tmp_p
     assert "1 of 3 committed rows failed" in result.stderr
 
     result = synth(
-        "run", str(tmp_path / "job.yaml"), "--set", "stages.0.steps=2", "--set", "max_failed_fraction=0.5",
-        env={"RAY_ADDRESS": address},
+        "--log-level", "warning", "run", str(tmp_path / "job.yaml"), "--set", "stages.0.steps=2",
+        "--set", "max_failed_fraction=0.5", env={"RAY_ADDRESS": address},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "stage 0" not in result.stdout and "0 rows ok, 0 failed, 3 already done" in result.stdout
 
     # resuming with other generation parameters would mix two jobs in one output: refused
     result = synth("run", str(tmp_path / "job.yaml"), "--set", "stages.0.steps=3", env={"RAY_ADDRESS": address})
     assert result.returncode == 2
     assert "holds the results of a different job (stages.0.steps was 2, is now 3)" in result.stderr
+
+    # Each run left a record of its own; the refused one wrote nothing into this output.
+    from pipeline.io.commit_log import CommitLog
+
+    runs = CommitLog(str(tmp_path / "out")).runs()
+    assert [(r["status"], r["exit_code"]) for r in runs] == [("failed_rows", 1), ("failed_rows", 1), ("succeeded", 0)]
+    assert runs[0]["rows"] == {"ok": 2, "failed": 1, "skipped": 0, "skipped_failed": 0}
+    assert runs[1]["rows"] == {"ok": 0, "failed": 0, "skipped": 3, "skipped_failed": 1}
+    assert runs[0]["spec_sha256"] == runs[1]["spec_sha256"] != runs[2]["spec_sha256"]  # max_failed_fraction
+    assert all(r["ray_job_id"] and r["host"] and r["wall_seconds"] > 0 and r["ended_at"] for r in runs)
+    assert len({r["run_id"] for r in runs}) == 3 and runs[0]["first_image_seconds"] > 0
 
 
 def test_run_with_missing_input_exits_2_naming_the_field(tmp_path, tiny):

@@ -15,7 +15,7 @@ PROMPTS = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "s
 
 
 def run(raw: dict):
-    summary = run_job(parse_spec(raw), log=lambda line: None)
+    summary = run_job(parse_spec(raw))
     return summary, read_metadata(raw["output"]["path"])
 
 
@@ -157,9 +157,34 @@ def test_missing_column_is_refused_before_ray_work(tiny, tmp_path):
     table = write_table(tmp_path / "t.parquet", {"prompt": ["a"]})
     raw = job(table, str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"]), stage("inpaint", tiny["inpaint"])])
     with pytest.raises(SpecError, match=r"input.columns.mask: column 'mask' is not in the input table"):
-        run_job(parse_spec(raw), log=lambda line: None)
+        run_job(parse_spec(raw))
     raw["stages"][1]["model"] = str(tmp_path / "nowhere")
     raw["stages"].pop(1)
     raw["stages"][0]["model"] = str(tmp_path / "nowhere")
     with pytest.raises(SpecError, match=r"stages.0.model: no diffusers model"):
-        run_job(parse_spec(raw), log=lambda line: None)
+        run_job(parse_spec(raw))
+
+
+def test_a_run_that_fails_records_why_and_leaves_ray_datas_settings_as_it_found_them(ray_cluster, tiny, tmp_path):
+    import ray.data
+
+    from pipeline.io.commit_log import CommitLog
+    from pipeline.resources import PlanError
+
+    context = ray.data.DataContext.get_current()
+    before = (context.execution_options.preserve_order, context.execution_no_progress_timeout_s)
+    table = write_table(tmp_path / "t.parquet", {"prompt": ["a red circle"]})
+    out = str(tmp_path / "out")
+    # The stage asks for more GPUs than the cluster has: the plan refuses it once Ray is up.
+    with pytest.raises(PlanError):
+        run_job(parse_spec(job(table, out, [stage("txt2img", tiny["txt2img"], gpus=3)])))
+    run_job(parse_spec(job(table, out, [stage("txt2img", tiny["txt2img"])], actor_start_timeout_s=77)))
+    assert (context.execution_options.preserve_order, context.execution_no_progress_timeout_s) == before
+
+    failed, succeeded = CommitLog(out).runs()
+    assert (failed["status"], failed["exit_code"]) == ("error", 2) and failed["rows"] == {}
+    assert failed["message"].startswith("PlanError: the stages' minimum replicas need 3 GPUs")
+    assert (succeeded["status"], succeeded["rows"]["ok"], succeeded["message"]) == ("succeeded", 1, None)
+    assert sorted(p.name for p in (tmp_path / "out" / "runs").iterdir()) == [
+        f"{r['started_at'].replace('-', '').replace(':', '')}-{r['run_id']}.json" for r in (failed, succeeded)
+    ]

@@ -109,21 +109,22 @@ def test_override_columns_can_be_renamed_or_turned_off(tmp_path):
 def test_a_resume_compares_override_columns_and_reads_older_job_files_with_defaults(tmp_path):
     import json
 
-    from pipeline.runner import check_same_job, write_resolved_spec
+    from pipeline.io.commit_log import CommitLog
 
     table = write_table(tmp_path / "in.parquet", {"prompt": ["a red circle"]})
     raw = job(str(table), str(tmp_path / "out"), [stage("txt2img", "synth:shapes")])
     spec = preflight.absolute_paths(parse_spec(raw))
     (tmp_path / "out").mkdir()
-    write_resolved_spec(spec)
+    log = CommitLog.of(spec)
+    log.record_job(spec)
     written = json.loads((tmp_path / "out" / "job.json").read_text())
     del written["input"]["overrides"]  # as outputs written before the field existed
     (tmp_path / "out" / "job.json").write_text(json.dumps(written))
-    check_same_job(spec)  # the same job: its defaults
+    log.check_same_job(spec)  # the same job: its defaults
 
     turned_off = preflight.absolute_paths(parse_spec({**raw, "input": {"path": str(table), "overrides": {"width": None}}}))
     with pytest.raises(SpecError, match=r"input.overrides was .*'width': 'width'.*, is now .*'width': None"):
-        check_same_job(turned_off)
+        log.check_same_job(turned_off)
 
     # Committed rows whose ids an older synth hashed (no row_ids.json): a resume would
     # match none of them, so it is refused, unless the rows have ids of their own.
@@ -131,9 +132,9 @@ def test_a_resume_compares_override_columns_and_reads_older_job_files_with_defau
     (tmp_path / "out" / "metadata").mkdir()
     write_table(tmp_path / "out" / "metadata" / "part-1.parquet", {"id": ["0daa9a50"], "status": ["ok"]})
     with pytest.raises(SpecError, match=r"holds rows whose ids an older synth computed \(row id scheme 1, now 2\)"):
-        check_same_job(spec)
-    write_resolved_spec(spec)  # as this version's run writes it
-    check_same_job(spec)
+        log.check_same_job(spec)
+    log.record_job(spec)  # as this version's run writes it
+    log.check_same_job(spec)
 
 
 def test_a_misspelt_override_column_is_refused(tmp_path):

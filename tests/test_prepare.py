@@ -9,15 +9,15 @@ from PIL import Image
 
 from pipeline import batch as B
 from pipeline.io.images import decode
-from pipeline.io.prepare import RowSource, prepare_rows
+from pipeline.io.prepare import RowRules, canonical_batch
 
 
 def prepare(columns: dict, roles: dict | None = None, overrides: dict | None = None, id_column=None):
-    source = RowSource(
+    rules = RowRules(
         job_seed=3, base_dir="/", storage_options={}, id_column=id_column,
         roles=roles or {"prompt": "prompt"}, overrides=overrides or {},
     )
-    return prepare_rows(pa.table(columns), source)
+    return canonical_batch(pa.table(columns), rules)
 
 
 def test_seeds_are_taken_exactly_up_to_2_63_as_synth_records_them():

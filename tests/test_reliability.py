@@ -20,10 +20,6 @@ pytestmark = pytest.mark.timeout(400)
 ROWS = 24
 
 
-def quiet(line):
-    pass
-
-
 def prompts_table(tmp_path):
     return write_table(
         tmp_path / "prompts.parquet",
@@ -58,7 +54,7 @@ def assert_same_as_clean(rows, clean_rows):
 def clean_run(ray_cluster, tiny, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("clean")
     table = prompts_table(tmp)
-    summary = run_job(parse_spec(slow_job(table, tmp / "out", tiny)), log=quiet)
+    summary = run_job(parse_spec(slow_job(table, tmp / "out", tiny)))
     assert summary.rows_ok == ROWS
     return table, read_metadata(str(tmp / "out"))
 
@@ -83,13 +79,13 @@ def test_driver_sigkill_then_rerun_commits_each_row_once_with_clean_bytes(ray_cl
     assert 0 < committed_at_kill < ROWS // 2, "the kill should land mid-run"
     time.sleep(2)  # let the cluster reap the dead driver's tasks
 
-    summary = run_job(parse_spec(slow_job(table, out, tiny)), log=quiet)
+    summary = run_job(parse_spec(slow_job(table, out, tiny)))
     assert summary.rows_skipped >= 2 * committed_at_kill - 2
     assert summary.rows_skipped + summary.rows_ok == ROWS
     assert_same_as_clean(read_metadata(str(out)), clean_rows)
     assert len(list((out / "images").rglob("*.png"))) == ROWS
 
-    again = run_job(parse_spec(slow_job(table, out, tiny)), log=quiet)
+    again = run_job(parse_spec(slow_job(table, out, tiny)))
     assert (again.rows_ok, again.rows_skipped) == (0, ROWS)  # nothing left to do
 
 
@@ -109,7 +105,7 @@ def test_stage_actor_killed_mid_batch_is_restarted_and_the_job_completes(ray_clu
     out = tmp_path / "out"
     result = {}
     runner = threading.Thread(
-        target=lambda: result.update(summary=run_job(parse_spec(slow_job(table, out, tiny)), log=quiet))
+        target=lambda: result.update(summary=run_job(parse_spec(slow_job(table, out, tiny))))
     )
     runner.start()
     deadline = time.monotonic() + 180
@@ -134,7 +130,7 @@ def test_job_completes_through_injected_s3_faults(ray_cluster, tiny, s3, s3_endp
         through_proxy = {"client_kwargs": {"endpoint_url": proxy.url}}
         raw = job(f"{bucket}/in/prompts.parquet", f"{bucket}/out", [stage("txt2img", tiny["txt2img"])])
         raw["storage_options"] = through_proxy
-        summary = run_job(parse_spec(raw), log=quiet)
+        summary = run_job(parse_spec(raw))
         faults = dict(proxy.faults)
     assert faults["slowdown"] > 0 and faults["reset"] > 0, faults
     assert (summary.rows_ok, summary.rows_failed) == (6, 0)
@@ -159,7 +155,7 @@ def test_bad_rows_fail_alone_with_named_errors_and_retry_failed_reruns_only_them
     )
     raw = job(table, str(tmp_path / "out"), [stage("inpaint", tiny["inpaint"])],
               input={"path": table, "id_column": "id", "max_image_pixels": 32 * 32})
-    summary = run_job(parse_spec(raw), log=quiet)
+    summary = run_job(parse_spec(raw))
     assert (summary.rows_ok, summary.rows_failed) == (2, 6)
     rows = {row["id"]: row for row in read_metadata(str(tmp_path / "out"))}
     assert rows["good"]["status"] == rows["long"]["status"] == "ok"
@@ -178,7 +174,7 @@ def test_bad_rows_fail_alone_with_named_errors_and_retry_failed_reruns_only_them
 
     # Fix two inputs, then --retry-failed: only failed rows run, none appears twice.
     (tmp_path / "nowhere.png").write_bytes(png_bytes())
-    again = run_job(parse_spec(raw), log=quiet, retry_failed=True)
+    again = run_job(parse_spec(raw), retry_failed=True)
     assert again.rows_skipped == 2 and again.rows_ok == 1 and again.rows_failed == 5
     rows = read_metadata(str(tmp_path / "out"))
     assert sorted(row["id"] for row in rows) == sorted([*expected, "good", "long"]) and len(rows) == 8
@@ -198,7 +194,7 @@ def test_nan_output_fails_the_row(ray_cluster, tiny, tmp_path):
     state["decoder.conv_out.bias"] = torch.full_like(state["decoder.conv_out.bias"], float("nan"))
     save_file(state, weights)
     table = write_table(tmp_path / "t.parquet", {"prompt": ["a", "b"]})
-    summary = run_job(parse_spec(job(table, str(tmp_path / "out"), [stage("txt2img", str(model))])), log=quiet)
+    summary = run_job(parse_spec(job(table, str(tmp_path / "out"), [stage("txt2img", str(model))])))
     assert summary.rows_failed == 2
     for row in read_metadata(str(tmp_path / "out")):
         assert row["error"] == "stages.0 (txt2img): the model produced NaN pixels"
@@ -224,7 +220,7 @@ def test_a_stage_that_can_never_be_placed_fails_after_actor_start_timeout_s(ray_
                   actor_start_timeout_s=5)
         started = time.monotonic()
         with pytest.raises(ExecutionTimeoutError) as caught:
-            run_job(parse_spec(raw), log=quiet)
+            run_job(parse_spec(raw))
         assert time.monotonic() - started < 120  # failed, instead of waiting for the GPU forever
         message = _cluster_error(caught.value)
         assert "actor_start_timeout_s" in message and "still running:" in message and "Txt2ImgWorker" in message
@@ -238,7 +234,7 @@ def test_hostile_ids_never_escape_the_output_prefix(ray_cluster, tiny, tmp_path)
     table = write_table(tmp_path / "t.parquet", {"id": hostile, "prompt": ["p"] * len(hostile)})
     out = tmp_path / "nested" / "out"
     raw = job(table, str(out), [stage("txt2img", tiny["txt2img"])], input={"path": table, "id_column": "id"})
-    assert run_job(parse_spec(raw), log=quiet).rows_ok == len(hostile)
+    assert run_job(parse_spec(raw)).rows_ok == len(hostile)
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".png"]
     assert len(written) == len(hostile)
     assert all(out / "images" in p.parents for p in written)
@@ -254,7 +250,7 @@ def test_pickle_model_folders_are_refused_unless_allowed(tiny, tmp_path):
     table = write_table(tmp_path / "t.parquet", {"prompt": ["a"]})
     raw = job(table, str(tmp_path / "out"), [stage("txt2img", str(model))])
     with pytest.raises(SpecError, match=r"stages.0.model: .* holds pickle weights \(unet/diffusion_pytorch_model.bin\)"):
-        run_job(parse_spec(raw), log=quiet)
+        run_job(parse_spec(raw))
     from pipeline.preflight import check_models
 
     raw["stages"][0]["allow_pickle"] = True
@@ -265,7 +261,7 @@ def test_duplicate_ids_and_invalid_chain_are_refused_before_any_work(tiny, tmp_p
     table = write_table(tmp_path / "t.parquet", {"id": ["a", "b", "a"], "prompt": ["x", "y", "z"]})
     raw = job(table, str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"])], input={"path": table, "id_column": "id"})
     with pytest.raises(SpecError, match=r"input.id_column: 1 ids appear more than once .* e.g. 'a'"):
-        run_job(parse_spec(raw), log=quiet)
+        run_job(parse_spec(raw))
     bad = job(table, str(tmp_path / "out"), [stage("img2img", tiny["img2img"], steps=2, strength=0.2)])
     with pytest.raises(SpecError, match=r"stages.0.strength: steps x strength = 2 x 0.2 leaves no denoising step"):
         parse_spec(bad)
@@ -273,7 +269,7 @@ def test_duplicate_ids_and_invalid_chain_are_refused_before_any_work(tiny, tmp_p
     file_as_dir.write_text("x")
     raw = job(table, str(file_as_dir / "out"), [stage("txt2img", tiny["txt2img"])])
     with pytest.raises(SpecError, match="output.path: cannot write"):
-        run_job(parse_spec(raw), log=quiet)
+        run_job(parse_spec(raw))
 
 
 def test_credentials_never_reach_logs_metadata_or_the_written_spec(tiny, s3, s3_endpoint, tmp_path):
@@ -321,7 +317,7 @@ def test_a_partly_committed_chunk_keeps_its_batch_mates_and_writes_only_new_rows
     prompts[5] = prompts[1]
     table = write_table(tmp_path / "p.parquet", {"prompt": prompts})
     chain = [stage("txt2img", tiny["txt2img"], batch_size=4), stage("img2img", tiny["img2img"], batch_size=4)]
-    run_job(parse_spec(job(table, str(tmp_path / "clean"), chain)), log=quiet)
+    run_job(parse_spec(job(table, str(tmp_path / "clean"), chain)))
     clean = digests(tmp_path / "clean")  # prompt 1 has two: its copies had other batch mates
     assert [len(chunk) for chunk in chunk_prompts(tmp_path / "clean")] == [4, 4, 4]
 
@@ -333,7 +329,7 @@ def test_a_partly_committed_chunk_keeps_its_batch_mates_and_writes_only_new_rows
     for file in metadata_files(tmp_path / "resumed"):
         if "prompt 0" not in pq.read_table(file).column("prompt").to_pylist():
             file.unlink()
-    summary = run_job(parse_spec(job(table, str(tmp_path / "resumed"), chain)), log=quiet)
+    summary = run_job(parse_spec(job(table, str(tmp_path / "resumed"), chain)))
     assert (summary.rows_skipped, summary.rows_ok) == (4, 7)
     assert chunk_prompts(tmp_path / "resumed") == [
         [f"prompt {i}" for i in (0, 1, 2, 3)],
@@ -348,10 +344,10 @@ def test_a_partly_committed_chunk_keeps_its_batch_mates_and_writes_only_new_rows
     # clean run of the grown table; the 2 old ones keep theirs (made with 2 batch mates,
     # which on this CPU already changes some bytes).
     short = write_table(tmp_path / "short.parquet", {"prompt": prompts[:10]})
-    run_job(parse_spec(job(short, str(tmp_path / "grown"), chain)), log=quiet)
+    run_job(parse_spec(job(short, str(tmp_path / "grown"), chain)))
     before = digests(tmp_path / "grown")
     shutil.copy(table, short)
-    summary = run_job(parse_spec(job(short, str(tmp_path / "grown"), chain)), log=quiet)
+    summary = run_job(parse_spec(job(short, str(tmp_path / "grown"), chain)))
     assert (summary.rows_skipped, summary.rows_ok) == (9, 2)  # 10 rows, 9 ids
     rows = read_metadata(str(tmp_path / "grown"))
     assert sorted(row["prompt"] for row in rows) == sorted(prompts)  # each row once, the copy with its chunk
@@ -362,12 +358,12 @@ def test_retry_failed_leaves_a_copy_committed_in_another_chunk_alone(ray_cluster
     # Chunks [x, y] and [x, z]: the two x rows share a content id; y fails (steps 0).
     table = write_table(tmp_path / "t.parquet", {"prompt": ["x", "y", "x", "z"], "steps": [None, 0, None, None]})
     raw = job(table, str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"], batch_size=2)])
-    first = run_job(parse_spec(raw), log=quiet)
+    first = run_job(parse_spec(raw))
     assert (first.rows_ok, first.rows_failed) == (3, 1)
 
     # The retry removes [x, y]'s file; x is still committed in [x, z]'s, so that chunk is
     # not run again, and x rides along with y unwritten: x stays committed once.
-    again = run_job(parse_spec(raw), log=quiet, retry_failed=True)
+    again = run_job(parse_spec(raw), retry_failed=True)
     assert (again.rows_ok, again.rows_failed) == (0, 1)
     assert sorted(row["prompt"] for row in read_metadata(str(tmp_path / "out"))) == ["x", "y", "z"]
 
@@ -385,10 +381,10 @@ def test_a_file_added_beside_the_input_leaves_the_committed_rows_alone(ray_clust
     pq.write_table(pa.table({"prompt": ["a red circle", "a blue square"], "seed": pa.array([5, 6], pa.int64())}),
                    folder / "2024-01.parquet")
     raw = job(str(folder), str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"], batch_size=2)])
-    assert run_job(parse_spec(raw), log=quiet).rows_ok == 2
+    assert run_job(parse_spec(raw)).rows_ok == 2
     pq.write_table(pa.table({"prompt": ["a green triangle", "a red square"], "seed": pa.array([None, 8.0]),
                              "steps": pa.array([3, None], pa.int64())}), folder / "2024-02.parquet")
-    summary = run_job(parse_spec(raw), log=quiet)
+    summary = run_job(parse_spec(raw))
     assert (summary.rows_skipped, summary.rows_ok) == (2, 2)
     rows = read_metadata(str(tmp_path / "out"))
     assert sorted(row["prompt"] for row in rows) == ["a blue square", "a green triangle", "a red circle", "a red square"]

@@ -1,11 +1,11 @@
 import pytest
 
 from pipeline.resources import PlanError, plan_resources
-from pipeline.spec import StageSpec
+from pipeline.stages import parse_stage
 
 
 def stages(*kinds, **fields):
-    return [StageSpec(kind=kind, model="m", **fields) for kind in kinds]
+    return [parse_stage({"kind": kind, "model": "m", **fields}) for kind in kinds]
 
 
 @pytest.mark.parametrize("cpus, gpus", [(2, 0), (2, 2), (3, 1), (16, 8), (96, 8)])

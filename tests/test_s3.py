@@ -27,7 +27,7 @@ def test_prompts_and_model_from_s3_outputs_to_s3(ray_cluster, tiny, s3, tmp_path
         [stage("txt2img", f"{bucket}/models/txt2img")],
         storage_options=options,
     )
-    summary = run_job(parse_spec(raw), log=lambda line: None)
+    summary = run_job(parse_spec(raw))
     assert (summary.rows_ok, summary.rows_failed) == (5, 0)
 
     rows = read_metadata(f"{bucket}/out", options)
@@ -51,7 +51,7 @@ def test_images_fetched_from_s3_uris(ray_cluster, tiny, s3, tmp_path):
         tmp_path / "t.parquet", {"prompt": ["a", "b"], "image": [f"{bucket}/img/a.png", f"{bucket}/img/b.png"]}
     )
     raw = job(table, str(tmp_path / "out"), [stage("img2img", tiny["img2img"])], storage_options=options)
-    summary = run_job(parse_spec(raw), log=lambda line: None)
+    summary = run_job(parse_spec(raw))
     assert (summary.rows_ok, summary.rows_failed) == (2, 0)
 
 
@@ -60,10 +60,10 @@ def test_unwritable_or_missing_s3_paths_fail_before_any_work(tiny, s3, tmp_path)
     table = write_table(tmp_path / "t.parquet", {"prompt": ["a"]})
     raw = job(table, "s3://no-such-bucket-here/out", [stage("txt2img", tiny["txt2img"])], storage_options=options)
     with pytest.raises(SpecError, match="output.path: cannot write"):
-        run_job(parse_spec(raw), log=lambda line: None)
+        run_job(parse_spec(raw))
     raw = job(f"{bucket}/absent/*.parquet", str(tmp_path / "o"), [stage("txt2img", tiny["txt2img"])], storage_options=options)
     with pytest.raises(SpecError, match="input.path: no Parquet files"):
-        run_job(parse_spec(raw), log=lambda line: None)
+        run_job(parse_spec(raw))
     raw = job(table, str(tmp_path / "o"), [stage("txt2img", f"{bucket}/models/none")], storage_options=options)
     with pytest.raises(SpecError, match="stages.0.model: no diffusers model"):
-        run_job(parse_spec(raw), log=lambda line: None)
+        run_job(parse_spec(raw))

@@ -8,17 +8,15 @@ from conftest import half_mask, png_bytes
 
 from pipeline import batch as B
 from pipeline.io.images import decode
-from pipeline.io.prepare import RowSource, prepare_rows
+from pipeline.io.prepare import RowRules, canonical_batch
 from pipeline.keys import stage_seed
 from pipeline.stages import WORKERS
 
 
 def prepared(columns: dict, roles: dict, overrides: dict | None = None):
     table = pa.table(columns)
-    source = RowSource(
-        job_seed=3, base_dir="/", storage_options={}, id_column=None, roles=roles, overrides=overrides or {}
-    )
-    return prepare_rows(table, source)
+    rules = RowRules(job_seed=3, base_dir="/", storage_options={}, id_column=None, roles=roles, overrides=overrides or {})
+    return canonical_batch(table, rules)
 
 
 def pixels(batch, row):

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import storage
-from pipeline.io.ledger import committed_rows
+from pipeline.io.commit_log import CommitLog
 
 
 def _part(ids: list[str]) -> bytes:
@@ -33,10 +33,10 @@ def test_a_write_killed_before_its_rename_leaves_a_dot_file_that_readers_skip(tm
 
     leftovers = sorted(os.listdir(metadata))
     assert leftovers[1:] == ["part-a.parquet"] and leftovers[0].startswith(".part-b.parquet.tmp-")
-    # The reader the README shows, and the resume ledger, see only the committed part:
+    # The reader the README shows, and the commit log, see only the committed part:
     # a complete leftover is not counted twice, and a truncated one does not break the read.
     assert pds.dataset(metadata, format="parquet").to_table().column("id").to_pylist() == ["a", "b"]
     with open(os.path.join(metadata, leftovers[0]), "r+b") as handle:
         handle.truncate(10)
     assert pds.dataset(metadata, format="parquet").to_table().num_rows == 2
-    assert committed_rows(str(tmp_path), {}) == {"a": "ok", "b": "ok"}
+    assert CommitLog(str(tmp_path), {}).committed() == {"a": "ok", "b": "ok"}

@@ -10,43 +10,70 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from pipeline import batch as B
 from pipeline.io import images
 from pipeline.keys import content_id, derive_seed, id_text
+from pipeline.params import ROW_PARAMS, check_cell
+
+
+ROLES = ("prompt", "negative_prompt", "image", "mask")
+
+
+@dataclass(frozen=True)
+class RowRules:
+    """What a row means to the job: where its id, seed, prompt, images and parameter
+    overrides come from, and the limits its inputs must keep (plain data, sent to tasks)."""
+
+    job_seed: int = 0
+    # relative image paths resolve against this folder (the input table's)
+    base_dir: str = ""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    id_column: str | None = None
+    # role (prompt, image...) -> column, only for the roles this job uses whose column
+    # exists; None: each role present is read from the column of its own name
+    roles: dict[str, str] | None = None
+    # override parameter (seed, steps...) -> column, only for those some stage takes;
+    # None: each parameter present is read from the column of its own name
+    overrides: dict[str, str] | None = None
+    max_image_pixels: int | None = None
+    # the first stage needs a non-empty prompt (txt2img, img2img, inpaint do; upscale not)
+    prompt_required: bool = True
+
+    def for_columns(self, names) -> "RowRules":
+        """These rules with the roles and overrides left to defaults read from `names`."""
+        roles = self.roles if self.roles is not None else {role: role for role in ROLES if role in names}
+        overrides = self.overrides
+        if overrides is None:
+            overrides = {param: param for param in ("seed", *ROW_PARAMS) if param in names}
+        return replace(self, roles=roles, overrides=overrides)
+
+    def columns(self) -> list[str]:
+        """The input columns these rules read (roles and overrides must be set)."""
+        names = list(self.roles.values()) + list(self.overrides.values())
+        if self.id_column:
+            names.append(self.id_column)
+        return list(dict.fromkeys(names))
 
 
 @dataclass(frozen=True)
 class RowSource:
-    """What the prepare task needs to know about the input table (plain data, sent to tasks)."""
+    """How a batch job's input table is read and prepared (plain data, sent to tasks)."""
 
-    job_seed: int
-    base_dir: str
-    storage_options: dict[str, Any]
-    id_column: str | None
-    # role -> column name, only for the roles this job uses whose column exists
-    roles: dict[str, str]
-    # override parameter -> column name, only for those present ("seed" included)
-    overrides: dict[str, str] = field(default_factory=dict)
+    rules: RowRules
     # rows a previous run committed: their chunks are dropped here, before any image is
     # fetched, when every row is committed; else these rows ride along unwritten
     skip_ids: frozenset[str] = frozenset()
-    max_image_pixels: int | None = None
-    # the first stage needs a non-empty prompt (txt2img, img2img, inpaint do; upscale not)
-    prompt_required: bool = True
     # pyarrow.Schema of the whole table, every file's columns with their types widened
     # (preflight's InputColumns.schema); None: each file's own types
     table_schema: Any = None
 
     def columns(self) -> list[str]:
-        names = list(self.roles.values()) + list(self.overrides.values())
-        if self.id_column:
-            names.append(self.id_column)
-        return list(dict.fromkeys(names))
+        return self.rules.columns()
 
     def read_schema(self):
         """The columns read, with the whole table's types: the distributed read casts
@@ -57,39 +84,6 @@ class RowSource:
         import pyarrow as pa
 
         return pa.schema([self.table_schema.field(name) for name in self.columns()])
-
-
-def _check_override(param: str, value: Any) -> tuple[float, str | None]:
-    """(value as float or NaN, error) for one per-row override cell."""
-    if value is None:
-        return math.nan, None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return math.nan, f"{param}: {value!r} is not a number"
-    if math.isnan(number):
-        return math.nan, None
-    if math.isinf(number):
-        return math.nan, f"{param}: {value!r} is not a finite number"
-    if param in ("steps", "width", "height") and number != int(number):
-        return math.nan, f"{param}: {value!r} is not a whole number"
-    problem = {
-        "steps": number < 1 or number > 1000,
-        "guidance_scale": number < 0,
-        "strength": not 0 < number <= 1,
-        "width": number < 8 or number % 8 != 0,
-        "height": number < 8 or number % 8 != 0,
-    }[param]
-    if problem:
-        rule = {
-            "steps": "between 1 and 1000",
-            "guidance_scale": "0 or more",
-            "strength": "in (0, 1]",
-            "width": "a positive multiple of 8",
-            "height": "a positive multiple of 8",
-        }[param]
-        return math.nan, f"{param}: {value!r} must be {rule}"
-    return number, None
 
 
 def _seed(value: Any) -> tuple[int | None, str | None]:
@@ -152,14 +146,14 @@ def _texts(values: list[Any], label: str, errors: list[str | None]) -> list[str 
     return texts
 
 
-def _load_images(values: list[Any], source: RowSource, mode: str, role: str, errors: list[str | None]):
+def _load_images(values: list[Any], rules: RowRules, mode: str, role: str, errors: list[str | None]):
     """Fetch (if URIs) and decode one image column; a failure marks that row only."""
     count = len(values)
     values = [images.cell_value(v) for v in values]
     encoded: list[bytes | Exception | None] = [None] * count
     uri_rows = [i for i, v in enumerate(values) if v is not None and errors[i] is None and images.looks_like_uri(v)]
-    uris = {i: images.resolve_uri(values[i], source.base_dir) for i in uri_rows}
-    for i, data in zip(uri_rows, images.fetch_all(list(uris.values()), source.storage_options)):
+    uris = {i: images.resolve_uri(values[i], rules.base_dir) for i in uri_rows}
+    for i, data in zip(uri_rows, images.fetch_all(list(uris.values()), rules.storage_options)):
         encoded[i] = data
     for i, value in enumerate(values):
         if encoded[i] is None and value is not None and i not in uris and errors[i] is None:
@@ -167,19 +161,19 @@ def _load_images(values: list[Any], source: RowSource, mode: str, role: str, err
                 encoded[i] = bytes(value)
             else:  # a number, a list: bytes(5) would make five zero bytes, bytes(1.5) raise
                 kind = type(value).__name__
-                errors[i] = f"{role}: the '{source.roles[role]}' cell holds a {kind}, not image bytes or a path"
+                errors[i] = f"{role}: the '{rules.roles[role]}' cell holds a {kind}, not image bytes or a path"
     raws, widths, heights = [b""] * count, np.zeros(count, np.int64), np.zeros(count, np.int64)
     for i, data in enumerate(encoded):
         if errors[i] is not None:
             continue
         if data is None:
-            errors[i] = f"{role}: the '{source.roles[role]}' cell is empty"
+            errors[i] = f"{role}: the '{rules.roles[role]}' cell is empty"
             continue
         if isinstance(data, Exception):
             errors[i] = f"{role}: cannot fetch {uris[i]}: {type(data).__name__}: {data}"
             continue
         try:
-            pixels = images.decode(data, mode, source.max_image_pixels)
+            pixels = images.decode(data, mode, rules.max_image_pixels)
         except Exception as error:
             errors[i] = f"{role}: cannot decode the image: {images.describe_decode_error(error)}"
             continue
@@ -187,24 +181,47 @@ def _load_images(values: list[Any], source: RowSource, mode: str, role: str, err
     return B.object_column(raws), widths, heights
 
 
-def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
-    """pyarrow batch of input rows -> dict of canonical numpy columns."""
+def _columns(rows) -> dict[str, list[Any]]:
+    """Rows as lists of cells by column: a pyarrow table, a mapping of columns, or an
+    iterable of row dicts (a key missing from a row is an empty cell)."""
+    if hasattr(rows, "column_names"):  # pyarrow Table or RecordBatch
+        return {name: rows.column(name).to_pylist() for name in rows.column_names}
+    if isinstance(rows, Mapping):
+        return {name: list(values) for name, values in rows.items()}
+    rows = list(rows)
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    return {name: [row.get(name) for row in rows] for name in names}
+
+
+def canonical_batch(rows, rules: RowRules = RowRules(), done: Iterable[str] = frozenset()) -> dict[str, np.ndarray]:
+    """Input rows -> the pipeline's canonical columns (pipeline/batch.py), ready for a stage
+    worker. Needs no Ray: the batch job's prepare step, Serve and tests all come here.
+
+    rows: a pyarrow table, a mapping of columns, or row dicts. done: ids of rows already
+    committed; a batch of only such rows comes out empty, others carry them as batch mates.
+    """
     started = time.perf_counter()
-    count = table.num_rows
-    data = {name: table.column(name).to_pylist() for name in source.columns()}
+    data = _columns(rows)
+    rules = rules.for_columns(data)
+    missing = [name for name in rules.columns() if name not in data]
+    if missing:
+        raise KeyError(f"the rows lack the column(s) {', '.join(missing)}")
+    count = len(next(iter(data.values()), []))
+    data = {name: data[name] for name in rules.columns()}
     errors: list[str | None] = [None] * count
+    done = done if isinstance(done, (set, frozenset)) else frozenset(done)
 
     # 1. Row ids: the id column, or a hash of everything the job reads from the row.
-    fields = {**source.roles, **source.overrides}  # what a value is to the job -> its column
+    fields = {**rules.roles, **rules.overrides}  # what a value is to the job -> its column
 
     def row_id_from_content(i: int) -> str:
         return content_id({name: _as_read(name, data[column][i]) for name, column in fields.items()})
 
-    if source.id_column:
-        ids = _texts(data[source.id_column], source.id_column, errors)
+    if rules.id_column:
+        ids = _texts(data[rules.id_column], rules.id_column, errors)
         for i, row_id in enumerate(ids):
             if row_id is None:
-                errors[i] = errors[i] or f"{source.id_column}: the row id is empty"
+                errors[i] = errors[i] or f"{rules.id_column}: the row id is empty"
                 ids[i] = row_id_from_content(i)
     else:
         ids = [row_id_from_content(i) for i in range(count)]
@@ -215,22 +232,22 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
     # rows as batch mates, generated again but never written: the other rows get the batch
     # mates, so the bytes, of a clean run of this input, and the chunk stays whole (a short
     # chunk mid-stream would be merged with the next one by a later stage's batching).
-    committed = [row_id in source.skip_ids for row_id in ids]
+    committed = [row_id in done for row_id in ids]
     if count and all(committed):
         data = {name: [] for name in data}
         ids, errors, committed, count = [], [], [], 0
 
     # 2. Seeds: the row's own seed column, else derived from the job seed and the row id.
-    seed_column = source.overrides.get("seed")
+    seed_column = rules.overrides.get("seed")
     seeds = np.empty(count, np.int64)
     for i in range(count):
         own, problem = _seed(data[seed_column][i]) if seed_column else (None, None)
         errors[i] = errors[i] or problem
-        seeds[i] = own if own is not None else derive_seed(source.job_seed, ids[i])
+        seeds[i] = own if own is not None else derive_seed(rules.job_seed, ids[i])
 
-    prompts = [v or "" for v in _texts(data.get(source.roles.get("prompt"), [None] * count), "prompt", errors)]
-    negatives = _texts(data.get(source.roles.get("negative_prompt"), [None] * count), "negative_prompt", errors)
-    if source.prompt_required:
+    prompts = [v or "" for v in _texts(data.get(rules.roles.get("prompt"), [None] * count), "prompt", errors)]
+    negatives = _texts(data.get(rules.roles.get("negative_prompt"), [None] * count), "negative_prompt", errors)
+    if rules.prompt_required:
         for i, prompt in enumerate(prompts):
             if not prompt.strip():
                 errors[i] = errors[i] or "prompt: the prompt is empty"
@@ -241,12 +258,12 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
         B.SEED: seeds,
     }
     # 3. Per-row parameter overrides (NaN = use the stage's value), checked here.
-    for param in B.OVERRIDES:
-        column = source.overrides.get(param)
+    for param in ROW_PARAMS:
+        column = rules.overrides.get(param)
         values = np.full(count, np.nan)
         if column:
             for i, cell in enumerate(data[column]):
-                values[i], problem = _check_override(param, cell)
+                values[i], problem = check_cell(param, cell)
                 errors[i] = errors[i] or problem
         out[B.override_column(param)] = values
 
@@ -255,8 +272,8 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
         ("image", "RGB", (B.IMAGE, B.WIDTH, B.HEIGHT)),
         ("mask", "L", (B.MASK, B.MASK_WIDTH, B.MASK_HEIGHT)),
     ):
-        if role in source.roles:
-            columns = _load_images(data[source.roles[role]], source, mode, role, errors)
+        if role in rules.roles:
+            columns = _load_images(data[rules.roles[role]], rules, mode, role, errors)
         else:
             columns = (B.object_column([b""] * count), np.zeros(count, np.int64), np.zeros(count, np.int64))
         out.update(zip(names, columns))
@@ -269,3 +286,9 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
     out[B.QUEUE_SECONDS] = np.zeros(count)
     out[B.HANDOFF_AT] = B.handed_off(count)
     return out
+
+
+def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
+    """The batch job's prepare step (a Ray Data task): one chunk of the input table, as
+    read, to canonical columns; rows an earlier run committed are skipped or ride along."""
+    return canonical_batch(table, source.rules, source.skip_ids)

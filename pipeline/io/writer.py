@@ -1,15 +1,14 @@
-"""Encode and write the images, then the batch's metadata, under the output prefix.
+"""Encode a result batch into image bytes and metadata records; write and commit them.
 
-Runs as a Ray Data CPU task after the last stage, so PNG/JPEG encoding and uploads stay off
-the GPU actors. Order within a batch: every image first, then one metadata Parquet file for
-the batch, named after the batch's row ids. Metadata therefore never points at an image
-that is not written, and a rerun of the same batch overwrites the same files.
+`encode_images` and `metadata_table` need no storage and no Ray (Serve answers requests with
+them). `write_outputs` is the batch job's write step, a Ray Data CPU task after the last
+stage, so encoding and uploads stay off the GPU actors: it writes every image of the chunk,
+then commits the chunk's metadata through the output's commit log.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,58 +18,35 @@ import numpy as np
 from pipeline import batch as B
 from pipeline import storage
 from pipeline.io import images
-from pipeline.keys import batch_name, image_key
+from pipeline.io.commit_log import CommitLog
+from pipeline.keys import image_key
+from pipeline.record import STAGE_FIELDS, STAGE_RECORD, stage_struct
 
 
 @dataclass(frozen=True)
-class StageInfo:
-    kind: str
-    model: str
-    scheduler: str | None
-    noise_level: int | None
-    negative_prompt: str | None
-    dtype: str
+class Encoding:
+    format: str = "png"
+    quality: int = 90
+    png_compress_level: int = 6
+
+
+def stage_info(stage) -> dict[str, Any]:
+    """What a stage's record takes from its declaration (the same for every row)."""
+    return {name: getattr(stage, name, None) for name in STAGE_FIELDS}
 
 
 @dataclass(frozen=True)
 class OutputTarget:
-    """Everything the writer task needs (plain data, sent to tasks)."""
+    """Everything the write step needs (plain data, sent to tasks)."""
 
-    path: str
-    format: str
-    quality: int
-    png_compress_level: int
-    storage_options: dict[str, Any]
-    stages: tuple[StageInfo, ...]
+    log: CommitLog
+    encoding: Encoding
+    stages: tuple[dict[str, Any], ...]  # stage_info of each stage
 
 
 def metadata_schema():
     import pyarrow as pa
 
-    stage = pa.struct(
-        [
-            ("index", pa.int32()),
-            ("kind", pa.string()),
-            ("model", pa.string()),
-            ("model_revision", pa.string()),
-            ("scheduler", pa.string()),
-            ("dtype", pa.string()),
-            ("negative_prompt", pa.string()),
-            ("seed", pa.int64()),
-            ("steps", pa.int32()),
-            ("guidance_scale", pa.float64()),
-            ("strength", pa.float64()),
-            ("noise_level", pa.int32()),
-            ("width", pa.int32()),
-            ("height", pa.int32()),
-            ("seconds", pa.float64()),
-            ("text_encode_seconds", pa.float64()),
-            ("vae_seconds", pa.float64()),
-            ("device", pa.string()),
-            ("prompt_truncated", pa.bool_()),
-            ("nsfw", pa.bool_()),
-        ]
-    )
     return pa.schema(
         [
             ("id", pa.string()),
@@ -93,127 +69,130 @@ def metadata_schema():
             ("write_seconds", pa.float64()),
             ("queue_seconds", pa.float64()),
             ("committed_at", pa.float64()),
-            ("stages", pa.list_(stage)),
+            ("stages", pa.list_(stage_struct())),
         ]
     )
 
 
-def _stage_records(batch: dict[str, np.ndarray], target: OutputTarget, row: int) -> list[dict[str, Any]]:
-    records = []
-    for index, info in enumerate(target.stages):
-        def value(field: str, cast=None):
-            column = batch.get(B.stage_column(index, field))
-            if column is None:
-                return None
-            item = column[row]
-            if item is None or (isinstance(item, float) and np.isnan(item)):
-                return None
-            return cast(item) if cast else item
+@dataclass
+class EncodedImages:
+    """A batch's finished images, encoded; None for rows without an image (failed)."""
 
-        ran = bool(value("ran"))  # False: the row failed before this stage
-        made = ran and bool(value("width", int))  # False: the stage failed the row
-        negative = batch[B.NEGATIVE_PROMPT][row] or info.negative_prompt
-        records.append(
-            {
-                "index": index,
-                "kind": info.kind,
-                "model": info.model,
-                "model_revision": value("model_revision"),
-                "scheduler": info.scheduler,
-                "dtype": info.dtype,
-                "negative_prompt": negative if ran else None,
-                "seed": value("seed", int) if ran else None,
-                "steps": value("steps", int) if ran else None,
-                "guidance_scale": value("guidance_scale", float) if ran else None,
-                "strength": value("strength", float) if ran else None,
-                "noise_level": info.noise_level,
-                "width": value("width", int) if made else None,
-                "height": value("height", int) if made else None,
-                "seconds": value("seconds", float) if made else None,
-                "text_encode_seconds": value("text_encode_seconds", float) if made else None,
-                "vae_seconds": value("vae_seconds", float) if made else None,
-                "device": value("device"),
-                "prompt_truncated": bool(value("prompt_truncated")) if ran else None,
-                "nsfw": bool(value("nsfw")) if made else None,
-            }
-        )
+    keys: list[str | None]  # where each goes under an output prefix (keys.image_key)
+    data: list[bytes | None]
+    sha256: list[str | None]
+    format: str
+    seconds: float  # encoding time per row of the batch
+
+
+def encode_images(batch: dict[str, np.ndarray], encoding: Encoding = Encoding()) -> EncodedImages:
+    started = time.perf_counter()
+    count = len(batch[B.ID])
+    keys: list[str | None] = [None] * count
+    data: list[bytes | None] = [None] * count
+    digests: list[str | None] = [None] * count
+    for row in range(count):
+        if batch[B.STATUS][row] != B.OK:
+            continue
+        pixels = B.image_view(batch[B.IMAGE][row], batch[B.WIDTH][row], batch[B.HEIGHT][row])
+        data[row] = images.encode(pixels, encoding.format, encoding.quality, encoding.png_compress_level)
+        keys[row] = image_key(batch[B.ID][row], encoding.format)
+        digests[row] = hashlib.sha256(data[row]).hexdigest()
+    return EncodedImages(keys, data, digests, encoding.format, (time.perf_counter() - started) / max(count, 1))
+
+
+def _stage_records(batch: dict[str, np.ndarray], stages: tuple[dict[str, Any], ...], row: int) -> list[dict]:
+    records = []
+    for index, info in enumerate(stages):
+        def cell(name: str):
+            column = batch.get(B.stage_column(index, name))
+            return None if column is None else column[row]
+
+        ran = bool(cell("ran"))  # False: the row failed before this stage
+        present = {"always": True, "ran": ran, "made": ran and bool(cell("width"))}  # made: it has an image
+        record = {}
+        for field in STAGE_RECORD:
+            if not present[field.when]:
+                record[field.name] = None
+            elif field.source == "index":
+                record[field.name] = index
+            elif field.source == "worker":
+                record[field.name] = field.python(cell(field.name))
+            elif field.source == "row":  # the row's own value wins over the stage's
+                record[field.name] = batch[field.name][row] or info[field.name]
+            else:
+                record[field.name] = info[field.name]
+        records.append(record)
     return records
 
 
-def write_outputs(batch: dict[str, np.ndarray], target: OutputTarget):
-    """Write the batch's images and metadata; return the metadata rows' id, status, error."""
+def metadata_table(
+    batch: dict[str, np.ndarray],
+    stages: tuple[dict[str, Any], ...],
+    encoded: EncodedImages,
+    uri_prefix: str | None = None,
+    write_seconds: float = 0.0,
+    queue_seconds: np.ndarray | None = None,
+):
+    """The batch's metadata rows (a pyarrow table of metadata_schema()). uri_prefix: where
+    the images were written (image_uri is the prefix joined with the key), None if nowhere.
+    queue_seconds: the batch's wait in queues (B.queued), measured when it was handed over."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    started = time.perf_counter()
-    if B.COMMITTED in batch and batch[B.COMMITTED].any():  # batch mates an earlier run wrote
-        fresh = ~np.asarray(batch[B.COMMITTED], dtype=bool)
-        batch = {name: column[fresh] for name, column in batch.items()}
     count = len(batch[B.ID])
-    if not count:  # every row of the chunk was committed by an earlier run
-        return metadata_schema().empty_table().select(["id", "status", "error"])
-    queue_seconds = B.queued(batch)
-    fs, root = storage.filesystem(target.path, target.storage_options)
-    status = batch[B.STATUS].copy()
-    errors = batch[B.ERROR].copy()
-
-    # 1. Encode every finished image and upload them together.
-    uploads: dict[str, bytes] = {}
-    uris: list[str | None] = [None] * count
-    sizes: list[int | None] = [None] * count
-    digests: list[str | None] = [None] * count
-    for row in range(count):
-        if status[row] != B.OK:
-            continue
-        pixels = B.image_view(batch[B.IMAGE][row], batch[B.WIDTH][row], batch[B.HEIGHT][row])
-        data = images.encode(pixels, target.format, target.quality, target.png_compress_level)
-        key = image_key(batch[B.ID][row], target.format)
-        uploads[storage.join(root, key)] = data
-        uris[row] = storage.join(target.path, key)
-        sizes[row] = len(data)
-        digests[row] = hashlib.sha256(data).hexdigest()
-    encoded = time.perf_counter()
-    storage.write_many_atomic(fs, uploads)
-    encode_seconds = (encoded - started) / count
-    write_seconds = (time.perf_counter() - encoded) / count
-
-    # 2. The metadata rows, after their images exist.
-    chain = ">".join(stage.kind for stage in target.stages)
-    models = [stage.model for stage in target.stages]
-    default_negative = target.stages[0].negative_prompt
+    status = batch[B.STATUS]
+    ok = [s == B.OK for s in status]
     generation = np.zeros(count)
-    for index in range(len(target.stages)):
+    for index in range(len(stages)):
         seconds = batch.get(B.stage_column(index, "seconds"))
         if seconds is not None:
             generation += np.nan_to_num(seconds.astype(np.float64))
-    ok = [s == B.OK for s in status]
     rows = {
         "id": [str(i) for i in batch[B.ID]],
         "status": list(status),
-        "error": [e or None for e in errors],
-        "image_uri": uris,
+        "error": [e or None for e in batch[B.ERROR]],
+        "image_uri": [storage.join(uri_prefix, key) if key and uri_prefix else None for key in encoded.keys],
         "prompt": [str(p) for p in batch[B.PROMPT]],
-        "negative_prompt": [n or default_negative for n in batch[B.NEGATIVE_PROMPT]],
+        "negative_prompt": [n or stages[0]["negative_prompt"] for n in batch[B.NEGATIVE_PROMPT]],
         "seed": [int(s) for s in batch[B.SEED]],
-        "stage_chain": [chain] * count,
-        "models": [models] * count,
+        "stage_chain": [">".join(stage["kind"] for stage in stages)] * count,
+        "models": [[stage["model"] for stage in stages]] * count,
         "width": [int(w) if good else None for w, good in zip(batch[B.WIDTH], ok)],
         "height": [int(h) if good else None for h, good in zip(batch[B.HEIGHT], ok)],
-        "format": [target.format if good else None for good in ok],
-        "bytes": sizes,
-        "sha256": digests,
+        "format": [encoded.format if good else None for good in ok],
+        "bytes": [len(data) if data is not None else None for data in encoded.data],
+        "sha256": encoded.sha256,
         "prepare_seconds": [float(p) for p in batch[B.PREPARE_SECONDS]],
         "generation_seconds": [float(g) for g in generation],
-        "encode_seconds": [encode_seconds] * count,
+        "encode_seconds": [encoded.seconds] * count,
         "write_seconds": [write_seconds] * count,
-        "queue_seconds": [float(q) for q in queue_seconds],
-        "stages": [_stage_records(batch, target, row) for row in range(count)],
+        "queue_seconds": [float(q) for q in (B.queued(batch) if queue_seconds is None else queue_seconds)],
+        "stages": [_stage_records(batch, stages, row) for row in range(count)],
         # Unix time this chunk's metadata was written, i.e. when its rows were committed.
         "committed_at": [time.time()] * count,
     }
-    table = pa.Table.from_pydict(rows, schema=metadata_schema())
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    name = batch_name(rows["id"]) + ".parquet"
-    storage.write_bytes_atomic(fs, storage.join(root, "metadata", name), buffer.getvalue())
+    return pa.Table.from_pydict(rows, schema=metadata_schema())
+
+
+def write_outputs(batch: dict[str, np.ndarray], target: OutputTarget):
+    """Write the chunk's images, then commit its metadata; return its rows' id, status, error."""
+    if B.COMMITTED in batch and batch[B.COMMITTED].any():  # batch mates an earlier run wrote
+        fresh = ~np.asarray(batch[B.COMMITTED], dtype=bool)
+        batch = {name: column[fresh] for name, column in batch.items()}
+    if not len(batch[B.ID]):  # every row of the chunk was committed by an earlier run
+        return metadata_schema().empty_table().select(["id", "status", "error"])
+
+    # 1. Encode every finished image and upload them together.
+    queue_seconds = B.queued(batch)
+    encoded = encode_images(batch, target.encoding)
+    started = time.perf_counter()
+    fs, root = storage.filesystem(target.log.path, target.log.storage_options)
+    storage.write_many_atomic(
+        fs, {storage.join(root, key): data for key, data in zip(encoded.keys, encoded.data) if key is not None}
+    )
+    write_seconds = (time.perf_counter() - started) / len(batch[B.ID])
+
+    # 2. The metadata rows, after their images exist: the commit.
+    table = metadata_table(batch, target.stages, encoded, target.log.path, write_seconds, queue_seconds)
+    target.log.commit(table)
     return table.select(["id", "status", "error"])

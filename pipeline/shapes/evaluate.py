@@ -19,6 +19,7 @@ architecture fails every one of them (tests/test_shapes_semantics.py).
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Callable
 import numpy as np
 
 from pipeline.shapes import dataset, judge
+
+logger = logging.getLogger("synth.eval")
 
 # The sampling recipe the model was trained for (its saved scheduler is DPM++ 2M).
 STEPS, GUIDANCE = 20, 4.0
@@ -101,11 +104,11 @@ def _read_outputs(output: Path) -> dict[str, np.ndarray | None]:
 class Evaluation:
     """The checks for one model, each run as a job whose files live under work_dir."""
 
-    def __init__(self, model: str, work_dir: str | Path, samples: int = 2, seed: int = 0, log: Callable[[str], None] = print):
+    def __init__(self, model: str, work_dir: str | Path, samples: int = 2, seed: int = 0):
         if samples < 1:
             raise ValueError(f"samples must be at least 1, not {samples}")
         self.model, self.work = model, Path(work_dir)
-        self.samples, self.seed, self.log = samples, seed, log
+        self.samples, self.seed = samples, seed
         self.work.mkdir(parents=True, exist_ok=True)
 
     def _run(self, name: str, kind: str, rows: dict[str, list], **stage) -> dict[str, np.ndarray]:
@@ -134,8 +137,8 @@ class Evaluation:
             },
             source=f"eval {name}",
         )
-        summary = run_job(spec, log=lambda line: self.log(f"  {name}: {line}"))
-        self.log(f"  {name}: {summary.line()}")
+        summary = run_job(spec)
+        logger.info("  %s: %s", name, summary.line())
         return _read_outputs(folder / "output")
 
     def _scenes(self, stream: int) -> list[dataset.Scene]:

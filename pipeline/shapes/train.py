@@ -14,6 +14,7 @@ Deterministic given its seed and thread count: every random draw comes from seed
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -24,6 +25,8 @@ from typing import Callable
 import numpy as np
 
 from pipeline.shapes import dataset, tokenizer
+
+logger = logging.getLogger("synth.train")
 
 # Stable Diffusion's noise schedule, so the model samples with SD's usual schedulers.
 NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -179,7 +182,7 @@ class _LossLog:
             self.window = []
 
 
-def train_vae(config: TrainConfig, log: Callable[[str], None] = print):
+def train_vae(config: TrainConfig, log: Callable[[str], None] = logger.info):
     """Phase 1: the autoencoder; returns it with its latent scaling factor set."""
     import torch
 
@@ -234,7 +237,7 @@ class _Ema:
                     averaged.lerp_(current, 1 - decay)
 
 
-def train_denoiser(config: TrainConfig, vae, tokenize, vocab_size: int, log: Callable[[str], None] = print):
+def train_denoiser(config: TrainConfig, vae, tokenize, vocab_size: int, log: Callable[[str], None] = logger.info):
     """Phase 2: the UNet and the text encoder together, on a frozen VAE; returns EMA copies."""
     import torch
     from diffusers import DDPMScheduler
@@ -279,7 +282,7 @@ def train_denoiser(config: TrainConfig, vae, tokenize, vocab_size: int, log: Cal
     return ema_unet, ema_text, losses.records
 
 
-def train(out_dir: str | Path, config: TrainConfig | None = None, log: Callable[[str], None] = print) -> Path:
+def train(out_dir: str | Path, config: TrainConfig | None = None, log: Callable[[str], None] = logger.info) -> Path:
     """Train both phases and save a StableDiffusionPipeline folder at out_dir."""
     import torch
 

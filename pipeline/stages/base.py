@@ -1,21 +1,22 @@
 """What every stage worker shares: load a pipeline once, group rows, seed, convert, record.
 
 A stage worker is a plain object with a batch in and a batch out (dict of numpy columns,
-see pipeline/batch.py). Ray Data runs it as an actor-pool UDF; Serve and tests can call it
-directly.
+see pipeline/batch.py). Ray Data runs it as an actor-pool UDF; Serve and tests call it
+directly, and may hand it a pipeline they already loaded.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from pipeline import batch as B
 from pipeline.keys import stage_seed
-from pipeline.spec import StageSpec
+from pipeline.params import ROW_PARAMS
+from pipeline.record import WORKER_FIELDS
 from pipeline.stages.timing import PartTimer
 
 
@@ -81,40 +82,90 @@ def _device_label(device: str) -> str:
     return device
 
 
+class MissingColumns(ValueError):
+    """A batch handed to a worker lacks columns the stage reads."""
+
+
+@dataclass
+class Outcome:
+    """The columns a stage call writes: copies of the batch's, updated row by row."""
+
+    status: np.ndarray
+    errors: np.ndarray
+    images: np.ndarray
+    widths: np.ndarray
+    heights: np.ndarray
+    ran: np.ndarray
+    record: dict[str, np.ndarray]  # pipeline/record.py's worker fields
+
+    @classmethod
+    def start(cls, batch: dict[str, np.ndarray]) -> "Outcome":
+        count = len(batch[B.ID])
+        return cls(
+            status=batch[B.STATUS].copy(),
+            errors=batch[B.ERROR].copy(),
+            images=batch[B.IMAGE].copy(),
+            widths=batch[B.WIDTH].copy(),
+            heights=batch[B.HEIGHT].copy(),
+            ran=np.zeros(count, bool),
+            record={field.name: field.empty(count) for field in WORKER_FIELDS},
+        )
+
+    def fail(self, rows, message: str) -> None:
+        self.status[rows] = B.FAILED
+        self.errors[rows] = message
+
+
 class StageWorker:
-    kind: ClassVar[str]
-    # Generation parameters this kind takes, i.e. the per-row overrides it can honour.
-    params: ClassVar[tuple[str, ...]]
-    needs_image: ClassVar[bool] = True
-    needs_mask: ClassVar[bool] = False
+    """Runs one stage of the chain on batches of canonical columns (pipeline/batch.py).
+
+    stage: the stage's declaration (or its fields as a dict); index: its place in the
+    chain; overrides: the per-row parameters this stage applies from the batch's override
+    columns. pipe: a diffusers pipeline already loaded (by a test, or a Serve replica that
+    holds one); without it, the stage's model is resolved and loaded once, here.
+    """
 
     def __init__(
         self,
-        stage: StageSpec | dict,
+        stage,
         index: int = 0,
         overrides: Sequence[str] = (),
         storage_options: dict[str, Any] | None = None,
         torch_threads: int | None = None,
+        pipe: Any = None,
+        revision: str | None = None,
     ):
         import torch
 
-        from pipeline.models import load_pipeline, resolve_model
+        from pipeline.stages import parse_stage
 
-        # 1. The device: Ray pins the actor to its GPUs through CUDA_VISIBLE_DEVICES, so
-        # "cuda" is this actor's own GPU; without one the work runs on the CPU.
+        # 1. The declaration, and the per-row parameters this kind can honour.
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.spec = stage if isinstance(stage, StageSpec) else StageSpec.model_validate(stage)
+        self.spec = parse_stage(stage)
+        self.kind = self.spec.kind
         self.index = index
+        unknown = sorted(set(overrides) - set(self.spec.row_params()))
+        if unknown:
+            raise ValueError(f"stages.{index} ({self.kind}) takes no per-row {', '.join(unknown)}")
         self.overrides = tuple(overrides)
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device_label = _device_label(self.device)
 
-        # 2. The model, once per actor.
-        self.model = resolve_model(self.spec.model, self.spec.revision, storage_options, self.spec.allow_pickle)
-        self.pipe = load_pipeline(
-            self.kind, self.model, self.spec.dtype, self.device, self.spec.scheduler, self.spec.allow_pickle
-        )
+        # 2. The pipeline: the one handed in, or the model loaded once per actor. Ray pins
+        # the actor to its GPUs through CUDA_VISIBLE_DEVICES, so "cuda" is its own GPU.
+        if pipe is None:
+            from pipeline.models import load_pipeline, resolve_model
+
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            model = resolve_model(self.spec.model, self.spec.revision, storage_options, self.spec.allow_pickle)
+            pipe = load_pipeline(
+                self.kind, model, self.spec.dtype, self.device, self.spec.scheduler, self.spec.allow_pickle
+            )
+            revision = model.revision
+        else:
+            self.device = pipe.device.type
+        self.pipe = pipe
+        self.revision = revision
+        self.device_label = _device_label(self.device)
         self.timer = PartTimer(self.pipe, self.device)
 
     # ------------------------------------------------------------ subclass hooks
@@ -124,26 +175,9 @@ class StageWorker:
         (`.images`: a (n, 3, H, W) tensor in [0, 1])."""
         raise NotImplementedError
 
-    def group_error(self, group: Group) -> str | None:
-        """A reason this group's parameters cannot run, or None."""
-        if group.strength == group.strength and int(group.steps * group.strength) < 1:  # not NaN
-            return (
-                f"stages.{self.index} ({self.kind}): steps x strength = {group.steps} x {group.strength:g} "
-                "leaves no denoising step; raise steps or strength"
-            )
-        return None
-
-    def _truncated(self, batch: dict[str, np.ndarray], rows: list[int]) -> set[int]:
-        """Rows whose prompt is longer than the text encoder takes (diffusers truncates it)."""
-        tokenizer = getattr(self.pipe, "tokenizer", None)
-        if tokenizer is None or not rows:
-            return set()
-        lengths = [len(ids) for ids in tokenizer([str(batch[B.PROMPT][r]) for r in rows])["input_ids"]]
-        return {row for row, length in zip(rows, lengths) if length > tokenizer.model_max_length}
-
     def row_error(self, batch: dict[str, np.ndarray], row: int) -> str | None:
         """A reason this row cannot run in this stage, or None."""
-        if self.needs_image and not batch[B.WIDTH][row]:
+        if self.spec.needs_image and not batch[B.WIDTH][row]:
             return f"stages.{self.index} ({self.kind}): the row has no input image"
         return None
 
@@ -163,15 +197,66 @@ class StageWorker:
 
     # ------------------------------------------------------------ the batch path
 
-    def _row_params(self, batch: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
-        spec = self.spec
-        values = {
-            "steps": np.full(count, spec.steps, np.float64),
-            "guidance_scale": np.full(count, spec.guidance_scale, np.float64),
-            "strength": np.full(count, spec.strength if spec.strength is not None else np.nan),
-            "width": np.full(count, spec.width or 0, np.float64),
-            "height": np.full(count, spec.height or 0, np.float64),
-        }
+    def required_columns(self) -> list[str]:
+        """The canonical columns this stage reads (pipeline/batch.py)."""
+        columns = [B.ID, B.PROMPT, B.NEGATIVE_PROMPT, B.SEED, B.STATUS, B.ERROR, B.IMAGE, B.WIDTH, B.HEIGHT]
+        if self.spec.needs_mask:
+            columns += [B.MASK, B.MASK_WIDTH, B.MASK_HEIGHT, B.SOURCE_WIDTH, B.SOURCE_HEIGHT]
+        return columns + [B.override_column(param) for param in self.overrides]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # 1. The batch must carry what this stage reads.
+        missing = [column for column in self.required_columns() if column not in batch]
+        if missing:
+            raise MissingColumns(
+                f"stages.{self.index} ({self.kind}): the batch lacks the column(s) {', '.join(missing)}; "
+                "build batches with pipeline.io.prepare.canonical_batch"
+            )
+        queue_seconds = B.queued(batch)
+        outcome = Outcome.start(batch)
+
+        # 2. Rows this stage can run: not failed upstream, and valid for this kind.
+        runnable = self._runnable(batch, outcome)
+
+        # 3. One pipeline call per group of rows with equal parameters and input size.
+        truncated = self._truncated(batch, runnable)
+        for group in self._groups(batch, runnable, self._row_params(batch)):
+            self._record(batch, group, outcome, truncated)
+            self._run(group, outcome)
+
+        # 4. The batch out: the images made, the rows failed, this stage's record.
+        return self._assemble(batch, outcome, queue_seconds)
+
+    def _runnable(self, batch: dict[str, np.ndarray], outcome: Outcome) -> list[int]:
+        runnable = []
+        for row in range(len(batch[B.ID])):
+            if outcome.status[row] != B.OK:
+                continue
+            reason = self.row_error(batch, row)
+            if reason:
+                outcome.fail(row, reason)
+            else:
+                runnable.append(row)
+        return runnable
+
+    def _truncated(self, batch: dict[str, np.ndarray], rows: list[int]) -> set[int]:
+        """Rows whose prompt is longer than the text encoder takes (diffusers truncates it)."""
+        tokenizer = getattr(self.pipe, "tokenizer", None)
+        if tokenizer is None or not rows:
+            return set()
+        lengths = [len(ids) for ids in tokenizer([str(batch[B.PROMPT][r]) for r in rows])["input_ids"]]
+        return {row for row, length in zip(rows, lengths) if length > tokenizer.model_max_length}
+
+    def _row_params(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each row's generation parameters: the stage's, or the row's override. NaN where
+        this kind has no such parameter, 0 for a side left to the model or the input."""
+        count = len(batch[B.ID])
+        values = {}
+        for param in ROW_PARAMS:
+            value = getattr(self.spec, param, None)
+            if value is None:  # a side left to the model or the input: 0; a parameter this kind lacks: NaN
+                value = 0 if param in ("width", "height") else np.nan
+            values[param] = np.full(count, value, np.float64)
         for param in self.overrides:
             column = batch[B.override_column(param)]
             values[param] = np.where(np.isnan(column), values[param], column)
@@ -181,10 +266,9 @@ class StageWorker:
         import torch
 
         keyed: dict[tuple, list[int]] = {}
-        names = ("steps", "guidance_scale", "strength", "width", "height")
         # NaN (strength of kinds without one) becomes -1: NaN != NaN would split every row
         # into a group of its own.
-        columns = [np.nan_to_num(params[name], nan=-1.0) for name in names]
+        columns = [np.nan_to_num(params[name], nan=-1.0) for name in ROW_PARAMS]
         for row in rows:
             key = tuple(float(column[row]) for column in columns)
             key += (int(batch[B.WIDTH][row]), int(batch[B.HEIGHT][row]))
@@ -192,7 +276,8 @@ class StageWorker:
         size = self.spec.batch_size
         # Groups of at most batch_size rows, in row order: fixed for a given chunk.
         sliced = [(key, members[i : i + size]) for key, members in keyed.items() for i in range(0, len(members), size)]
-        for (steps, guidance, strength, width, height, _, _), members in sliced:
+        for key, members in sliced:
+            steps, guidance, strength, width, height = key[: len(ROW_PARAMS)]
             negatives = [batch[B.NEGATIVE_PROMPT][r] or self.spec.negative_prompt or "" for r in members]
             yield Group(
                 rows=members,
@@ -207,8 +292,8 @@ class StageWorker:
                 strength=strength if strength >= 0 else float("nan"),
                 width=int(width),
                 height=int(height),
-                images=self._inputs(batch, members, int(width), int(height)) if self.needs_image else None,
-                masks=self._inputs(batch, members, int(width), int(height), mask=True) if self.needs_mask else None,
+                images=self._inputs(batch, members, int(width), int(height)) if self.spec.needs_image else None,
+                masks=self._inputs(batch, members, int(width), int(height), mask=True) if self.spec.needs_mask else None,
             )
 
     def _inputs(self, batch, rows: list[int], width: int, height: int, mask: bool = False) -> list[Any]:
@@ -228,103 +313,89 @@ class StageWorker:
             inputs.append(item.resize(size, resample) if item.size != size else item)
         return inputs
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _record(self, batch: dict[str, np.ndarray], group: Group, outcome: Outcome, truncated: set[int]) -> None:
+        """What the stage runs these rows with, recorded before it runs them."""
+        rows, record = group.rows, outcome.record
+        outcome.ran[rows] = True
+        record["seed"][rows] = [stage_seed(int(batch[B.SEED][r]), self.index) for r in rows]
+        record["steps"][rows] = group.steps
+        record["guidance_scale"][rows] = group.guidance_scale
+        record["strength"][rows] = group.strength
+        record["prompt_truncated"][rows] = [r in truncated for r in rows]
+
+    def _run(self, group: Group, outcome: Outcome) -> None:
+        """Generate one group; write its images into the outcome, or fail its rows."""
+        rows = group.rows
+        problem = self.spec.denoising_error(group.steps, group.strength)
+        if problem:
+            outcome.fail(rows, f"stages.{self.index} ({self.kind}): {problem}; raise steps or strength")
+            return
+        self.timer.take()
+        started = time.perf_counter()
+        try:
+            output, pixels, bad = self._generate_pixels(group)
+        except GroupFailed as failure:
+            outcome.fail(rows, str(failure))
+            return
+        seconds = (time.perf_counter() - started) / len(rows)
+        parts = self.timer.take()
+        record = outcome.record
+        record["text_encode_seconds"][rows] = parts.get("text_encode", 0.0) / len(rows)
+        record["vae_seconds"][rows] = parts.get("vae", 0.0) / len(rows)
+        flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(rows)
+        for position, row in enumerate(rows):
+            record["seconds"][row] = seconds
+            record["nsfw"][row] = bool(flagged[position])
+            if bad[position]:
+                outcome.fail(row, f"stages.{self.index} ({self.kind}): the model produced NaN pixels")
+                continue
+            outcome.images[row] = pixels[position].tobytes()
+            outcome.heights[row], outcome.widths[row] = pixels.shape[1], pixels.shape[2]
+            record["height"][row], record["width"][row] = pixels.shape[1], pixels.shape[2]
+
+    def _generate_pixels(self, group: Group):
+        """(pipeline output, uint8 (n, H, W, 3) pixels, NaN flag per image); GroupFailed
+        when these rows cannot run (the pipeline refused them, or memory ran out)."""
         import torch
 
+        try:
+            with torch.inference_mode():
+                output = self.generate(group)
+                pixels = output.images
+                # NaN check and float -> uint8 on the device, before the copy to the host.
+                bad = torch.isnan(pixels).flatten(1).any(dim=1).cpu().numpy()
+                pixels = (pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            return output, pixels, bad
+        except ValueError as error:  # diffusers refusing these inputs: these rows only
+            message = f"stages.{self.index} ({self.kind}): the pipeline refused the input: {error}"
+        except RuntimeError as error:
+            # Out of memory fails this group's rows, not the job: raised, it would end the
+            # job, and every rerun would stop at the same chunk. Other errors are bugs or
+            # broken devices and still end it.
+            if not _out_of_memory(error):
+                raise
+            message = (
+                f"stages.{self.index} ({self.kind}): out of {self.device} memory for {len(group.rows)} images "
+                f"at {self.size_label(group)}; run with {self.smaller_fields()} into a new output.path: "
+                f"{str(error).splitlines()[0][:200]}"
+            )
+        if self.device == "cuda":
+            torch.cuda.empty_cache()  # the failed call's blocks, freed once its frames are gone
+        raise GroupFailed(message)
+
+    def _assemble(self, batch: dict[str, np.ndarray], outcome: Outcome, queue_seconds: np.ndarray):
         count = len(batch[B.ID])
-        queue_seconds = B.queued(batch)
-        status = batch[B.STATUS].copy()
-        errors = batch[B.ERROR].copy()
-        out_images = batch[B.IMAGE].copy()
-        widths, heights = batch[B.WIDTH].copy(), batch[B.HEIGHT].copy()
-        record = {
-            "ran": np.zeros(count, bool),
-            "seed": np.zeros(count, np.int64),
-            "steps": np.zeros(count, np.int64),
-            "guidance_scale": np.full(count, np.nan),
-            "strength": np.full(count, np.nan),
-            "width": np.zeros(count, np.int64),
-            "height": np.zeros(count, np.int64),
-            "seconds": np.full(count, np.nan),
-            "text_encode_seconds": np.full(count, np.nan),
-            "vae_seconds": np.full(count, np.nan),
-            "prompt_truncated": np.zeros(count, bool),
-            "nsfw": np.zeros(count, bool),
-        }
-
-        # 1. Rows this stage can run: not failed upstream, and valid for this kind.
-        runnable = []
-        for row in range(count):
-            if status[row] != B.OK:
-                continue
-            reason = self.row_error(batch, row)
-            if reason:
-                status[row], errors[row] = B.FAILED, reason
-            else:
-                runnable.append(row)
-        truncated = self._truncated(batch, runnable)
-
-        # 2. One pipeline call per group of rows with equal parameters and input size.
-        params = self._row_params(batch, count)
-        for group in self._groups(batch, runnable, params):
-            rows = group.rows
-            record["ran"][rows] = True
-            record["seed"][rows] = [stage_seed(int(batch[B.SEED][r]), self.index) for r in rows]
-            record["steps"][rows] = group.steps
-            record["guidance_scale"][rows] = group.guidance_scale
-            record["strength"][rows] = group.strength
-            record["prompt_truncated"][rows] = [r in truncated for r in rows]
-            problem = self.group_error(group)
-            self.timer.take()
-            started = time.perf_counter()
-            if problem is None:
-                try:
-                    with torch.inference_mode():
-                        output = self.generate(group)
-                        pixels = output.images
-                        # 3. NaN check and float -> uint8 on the device, before the copy to the host.
-                        bad = torch.isnan(pixels).flatten(1).any(dim=1).cpu().numpy()
-                        pixels = (pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-                except ValueError as error:  # diffusers refusing these inputs: these rows only
-                    problem = f"stages.{self.index} ({self.kind}): the pipeline refused the input: {error}"
-                except RuntimeError as error:
-                    # Out of memory fails this group's rows, not the job: raised, it would end
-                    # the job, and every rerun would stop at the same chunk. Other errors are
-                    # bugs or broken devices and still end it.
-                    if not _out_of_memory(error):
-                        raise
-                    problem = (
-                        f"stages.{self.index} ({self.kind}): out of {self.device} memory for {len(rows)} images "
-                        f"at {self.size_label(group)}; run with {self.smaller_fields()} into a new output.path: "
-                        f"{str(error).splitlines()[0][:200]}"
-                    )
-                if problem is not None and self.device == "cuda":
-                    torch.cuda.empty_cache()  # the failed call's blocks, freed once its frames are gone
-            if problem is not None:
-                status[rows] = B.FAILED
-                errors[rows] = problem
-                continue
-            seconds = (time.perf_counter() - started) / len(rows)
-            parts = self.timer.take()
-            record["text_encode_seconds"][rows] = parts.get("text_encode", 0.0) / len(rows)
-            record["vae_seconds"][rows] = parts.get("vae", 0.0) / len(rows)
-            flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(rows)
-            for position, row in enumerate(rows):
-                record["seconds"][row] = seconds
-                record["nsfw"][row] = bool(flagged[position])
-                if bad[position]:
-                    status[row] = B.FAILED
-                    errors[row] = f"stages.{self.index} ({self.kind}): the model produced NaN pixels"
-                    continue
-                out_images[row] = pixels[position].tobytes()
-                heights[row], widths[row] = pixels.shape[1], pixels.shape[2]
-                record["height"][row], record["width"][row] = pixels.shape[1], pixels.shape[2]
-
+        outcome.record["device"][:] = self.device_label
+        outcome.record["model_revision"][:] = self.revision
         result = dict(batch)
-        result.update({B.IMAGE: out_images, B.WIDTH: widths, B.HEIGHT: heights, B.STATUS: status, B.ERROR: errors})
-        for field, values in record.items():
+        result.update({B.IMAGE: outcome.images, B.WIDTH: outcome.widths, B.HEIGHT: outcome.heights,
+                       B.STATUS: outcome.status, B.ERROR: outcome.errors})
+        result[B.stage_column(self.index, "ran")] = outcome.ran
+        for field, values in outcome.record.items():
             result[B.stage_column(self.index, field)] = values
-        result[B.stage_column(self.index, "device")] = B.object_column([self.device_label] * count)
-        result[B.stage_column(self.index, "model_revision")] = B.object_column([self.model.revision] * count)
         result[B.QUEUE_SECONDS], result[B.HANDOFF_AT] = queue_seconds, B.handed_off(count)
         return result
+
+
+class GroupFailed(Exception):
+    """The rows of one group cannot run; the message says why (it becomes their error)."""

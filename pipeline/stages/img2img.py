@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
+from pipeline.params import GuidanceScale, Steps, Strength
 from pipeline.stages.base import Group, StageWorker
+from pipeline.stages.declaration import RefiningStage
 
 
 class Img2ImgWorker(StageWorker):
-    kind = "img2img"
-    params = ("steps", "guidance_scale", "strength", "width", "height")
-
     def generate(self, group: Group):
         # The input images were already resized to width x height when those are set.
         return self.pipe(
@@ -21,3 +22,13 @@ class Img2ImgWorker(StageWorker):
             generator=group.generators,
             output_type="pt",
         )
+
+
+class Img2ImgStage(RefiningStage):
+    pipeline_class: ClassVar[str] = "AutoPipelineForImage2Image"
+    worker: ClassVar[type] = Img2ImgWorker
+
+    kind: Literal["img2img"] = "img2img"
+    steps: Steps = 30
+    guidance_scale: GuidanceScale = 7.5
+    strength: Strength = 0.6

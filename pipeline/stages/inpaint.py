@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 from pipeline import batch as B
+from pipeline.params import GuidanceScale, Steps, Strength
 from pipeline.stages.base import Group, StageWorker
+from pipeline.stages.declaration import RefiningStage
 
 
 class InpaintWorker(StageWorker):
-    kind = "inpaint"
-    params = ("steps", "guidance_scale", "strength", "width", "height")
-    needs_mask = True
-
     def row_error(self, batch, row: int) -> str | None:
         reason = super().row_error(batch, row)
         if reason:
@@ -47,3 +47,14 @@ class InpaintWorker(StageWorker):
             generator=group.generators,
             output_type="pt",
         )
+
+
+class InpaintStage(RefiningStage):
+    pipeline_class: ClassVar[str] = "AutoPipelineForInpainting"
+    needs_mask: ClassVar[bool] = True
+    worker: ClassVar[type] = InpaintWorker
+
+    kind: Literal["inpaint"] = "inpaint"
+    steps: Steps = 30
+    guidance_scale: GuidanceScale = 7.5
+    strength: Strength = 1.0

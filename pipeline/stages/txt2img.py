@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
+from pipeline.params import GuidanceScale, Steps
 from pipeline.stages.base import Group, StageWorker
+from pipeline.stages.declaration import SizedStage
 
 
 class Txt2ImgWorker(StageWorker):
-    kind = "txt2img"
-    params = ("steps", "guidance_scale", "width", "height")
-    needs_image = False
-
     def generate(self, group: Group):
         return self.pipe(
             prompt=group.prompts,
@@ -21,3 +21,13 @@ class Txt2ImgWorker(StageWorker):
             generator=group.generators,
             output_type="pt",
         )
+
+
+class Txt2ImgStage(SizedStage):
+    pipeline_class: ClassVar[str] = "AutoPipelineForText2Image"
+    needs_image: ClassVar[bool] = False
+    worker: ClassVar[type] = Txt2ImgWorker
+
+    kind: Literal["txt2img"] = "txt2img"
+    steps: Steps = 30
+    guidance_scale: GuidanceScale = 7.5

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from pipeline.params import GuidanceScale, Steps
 from pipeline.stages.base import Group, StageWorker
+from pipeline.stages.declaration import StageBase
 
 
 class UpscaleWorker(StageWorker):
-    kind = "upscale"
-    params = ("steps", "guidance_scale")
-
     def size_label(self, group: Group) -> str:
         width, height = group.images[0].size
         return f"{width}x{height} px in ({4 * width}x{4 * height} px out)"
@@ -28,3 +31,22 @@ class UpscaleWorker(StageWorker):
             generator=group.generators,
             output_type="pt",
         )
+
+
+class UpscaleStage(StageBase):
+    # The x4 upscaler has no AutoPipeline; its model_index.json names its class.
+    pipeline_class: ClassVar[str] = "DiffusionPipeline"
+    upscaler: ClassVar[bool] = True
+    # A prompt may steer the upscaler, but an empty one is fine: the image carries the content.
+    needs_prompt: ClassVar[bool] = False
+    refused: ClassVar[dict[str, str]] = {
+        side: "does not apply to upscale, which takes its size from its input (4x)" for side in ("width", "height")
+    }
+    worker: ClassVar[type] = UpscaleWorker
+
+    kind: Literal["upscale"] = "upscale"
+    steps: Steps = 20
+    guidance_scale: GuidanceScale = 9.0
+    noise_level: int = Field(
+        20, ge=0, description="upscale: noise added to the low-resolution input; more lets it invent detail."
+    )

@@ -1,0 +1,282 @@
+"""The output's commit log: which job an output belongs to, which rows it has committed, and
+a record of every run that wrote to it. One class owns all of it.
+
+Under the output prefix:
+- `job.json`: the resolved spec of the job the output belongs to; a run of a different job
+  (an image-defining field changed) is refused. `row_ids.json`: how rows without an id
+  column got their ids (keys.ROW_ID_SCHEME).
+- `metadata/part-*.parquet`: the commit log itself. A chunk's rows are committed when its
+  metadata file appears, written atomically after every image of the chunk, so metadata
+  never points at an image that is not written, and a rerun of a chunk overwrites the same
+  files.
+- `runs/<start>-<run id>.json`: one record per run, written when it starts ("running") and
+  again when it ends; a run killed outright stays "running".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pipeline import storage
+from pipeline.keys import ROW_ID_SCHEME, batch_name
+from pipeline.spec import JobSpec, SpecError, resolved_dict
+
+logger = logging.getLogger("synth.commit")
+
+# Fields that decide what a row's image is. Resources, timeouts and storage options may
+# change between a run and its resume; these may not, or one output would mix two jobs.
+_OUTPUT_DEFINING = ("seed", "input.path", "input.id_column", "input.columns", "input.overrides", "output.format",
+                    "output.quality", "output.png_compress_level")
+_STAGE_RESOURCES = ("replicas", "gpus", "cpus")
+_ABSENT = object()
+
+
+def _defining(data: dict) -> dict:
+    """The output-defining fields of a resolved spec, by dotted path; a field the data
+    does not hold at all is left out."""
+    picked = {}
+    for dotted in _OUTPUT_DEFINING:
+        node = data
+        for part in dotted.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is not _ABSENT:
+            picked[dotted] = node
+    for index, stage in enumerate(data.get("stages", [])):
+        for key, value in stage.items():
+            if key not in _STAGE_RESOURCES:
+                picked[f"stages.{index}.{key}"] = value
+    return picked
+
+
+def _utc(timestamp: float) -> str:
+    """ISO 8601 in UTC, to the millisecond: run records named by it sort in start order."""
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _synth_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("synth")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+@dataclass
+class RunRecord:
+    """One run of a job into an output, as `runs/<start>-<run id>.json` holds it."""
+
+    run_id: str
+    started_at: str  # UTC, ISO 8601 to the millisecond
+    spec_sha256: str  # of the resolved spec: runs of one job share it
+    retry_failed: bool
+    synth_version: str
+    host: str
+    status: str = "running"  # then "succeeded" (exit 0), "failed_rows" (exit 1) or "error" (exit 2)
+    exit_code: int | None = None
+    message: str | None = None  # the error, in one line
+    ended_at: str | None = None
+    wall_seconds: float | None = None
+    first_image_seconds: float | None = None
+    rows: dict[str, int] = field(default_factory=dict)  # ok, failed, skipped, skipped_failed
+    images_per_second: float | None = None
+    ray_job_id: str | None = None
+
+    def finish(self, exit_code: int, wall_seconds: float, summary=None, message: str | None = None,
+               ray_job_id: str | None = None) -> None:
+        """The run's end: its exit code (status follows), and what it did (a RunSummary)."""
+        self.ended_at = _utc(time.time())
+        self.wall_seconds = round(wall_seconds, 3)
+        self.exit_code = exit_code
+        self.status = {0: "succeeded", 1: "failed_rows"}.get(exit_code, "error")
+        self.message = message
+        self.ray_job_id = ray_job_id
+        if summary is not None:
+            self.first_image_seconds = summary.first_batch_seconds
+            self.rows = {"ok": summary.rows_ok, "failed": summary.rows_failed, "skipped": summary.rows_skipped,
+                         "skipped_failed": summary.skipped_failed}
+            self.images_per_second = round(summary.images_per_second, 4)
+
+    def file_name(self) -> str:
+        return f"{self.started_at.replace('-', '').replace(':', '')}-{self.run_id}.json"
+
+
+class CommitLog:
+    """The commit log of one output (a local folder or an s3:// prefix). Plain data: the
+    writer tasks carry it to commit their chunks."""
+
+    def __init__(self, path: str, storage_options: dict[str, Any] | None = None):
+        self.path = path
+        self.storage_options = storage_options or {}
+
+    @classmethod
+    def of(cls, spec: JobSpec) -> "CommitLog":
+        return cls(spec.output.path, spec.output_storage_options())
+
+    def _fs(self):
+        return storage.filesystem(self.path, self.storage_options)
+
+    def _read_json(self, name: str) -> Any | None:
+        fs, root = self._fs()
+        path = storage.join(root, name)
+        return json.loads(fs.cat_file(path)) if fs.exists(path) else None
+
+    def _write_json(self, name: str, data: Any) -> None:
+        fs, root = self._fs()
+        storage.write_bytes_atomic(fs, storage.join(root, name), json.dumps(data, indent=2).encode())
+
+    # ------------------------------------------------------------ the job
+
+    def check_same_job(self, spec: JobSpec) -> None:
+        """Refuse to resume into an output that a different spec wrote (its job.json), or
+        whose rows' ids an older synth computed."""
+        written = self._read_json("job.json")
+        if written is None:
+            return
+        try:  # with the defaults of fields added since it was written
+            written = resolved_dict(JobSpec.model_validate(written))
+            compared = None
+        except Exception:  # it holds a field since removed: compare the fields it holds
+            compared = set(_defining(written))
+        self._check_row_id_scheme(spec)
+        before = _defining(written)
+        now = _defining(resolved_dict(spec))
+        keys = set(before) | set(now) if compared is None else compared
+        changed = [key for key in sorted(keys) if before.get(key) != now.get(key)]
+        if changed:
+            detail = "; ".join(f"{key} was {before.get(key)!r}, is now {now.get(key)!r}" for key in changed[:3])
+            raise SpecError(
+                f"output.path: {spec.output.path} holds the results of a different job ({detail}). "
+                f"Use a new output path, or delete {spec.output.path}/job.json to mix them on purpose"
+            )
+
+    def _check_row_id_scheme(self, spec: JobSpec) -> None:
+        """Without an id column, a row's id is a hash of its values (keys.ROW_ID_SCHEME): an
+        output whose committed rows were hashed another way cannot be resumed."""
+        if spec.input.id_column or not self._metadata_files():
+            return
+        written = self._read_json("row_ids.json")
+        scheme = written["scheme"] if written else 1
+        if scheme != ROW_ID_SCHEME:
+            raise SpecError(
+                f"output.path: {spec.output.path} holds rows whose ids an older synth computed (row id scheme "
+                f"{scheme}, now {ROW_ID_SCHEME}): a resume would match none of them and generate every row again. "
+                "Run into a new output path"
+            )
+
+    def record_job(self, spec: JobSpec) -> None:
+        """Write job.json and row_ids.json: the output belongs to this job from now on."""
+        self._write_json("job.json", resolved_dict(spec))
+        self._write_json("row_ids.json", {"scheme": ROW_ID_SCHEME, "about": "how rows without input.id_column got their ids"})
+
+    # ------------------------------------------------------------ committed rows
+
+    def _metadata_files(self) -> list[str]:
+        fs, root = self._fs()
+        folder = storage.join(root, "metadata")
+        if not fs.exists(folder):
+            return []
+        return sorted(f for f in fs.find(folder) if f.endswith(".parquet") and not os.path.basename(f).startswith("."))
+
+    def commit(self, table) -> None:
+        """Commit a chunk: its metadata rows (a pyarrow table, images already written) in one
+        file named after its row ids, so a rerun of the same chunk overwrites it."""
+        import io
+
+        import pyarrow.parquet as pq
+
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        fs, root = self._fs()
+        name = batch_name(table.column("id").to_pylist()) + ".parquet"
+        storage.write_bytes_atomic(fs, storage.join(root, "metadata", name), buffer.getvalue())
+
+    def committed(self) -> dict[str, str]:
+        """id -> status of every committed row ("ok" wins over a failed copy)."""
+        import pyarrow.parquet as pq
+
+        fs, _ = self._fs()
+        rows: dict[str, str] = {}
+        for file in self._metadata_files():
+            with fs.open(file, "rb") as handle:
+                table = pq.read_table(handle, columns=["id", "status"])
+            for row_id, status in zip(table.column("id").to_pylist(), table.column("status").to_pylist()):
+                if rows.get(row_id) != "ok":
+                    rows[row_id] = status
+        return rows
+
+    def uncommit(self, ids: set[str]) -> set[str]:
+        """Remove every chunk (metadata file) that holds one of these rows, and return the
+        ids of all rows removed.
+
+        Used by --retry-failed before the rerun starts. Whole chunks, not single rows: a
+        chunk reruns with its original batch mates (so its other rows get the same bytes
+        again, under the same keys), and no short chunk ever shifts the batches of the
+        chunks after it. If the run is killed in between, those rows are merely missing and
+        the next run fills them.
+        """
+        import pyarrow.parquet as pq
+
+        fs, _ = self._fs()
+        removed: set[str] = set()
+        for file in self._metadata_files():
+            with fs.open(file, "rb") as handle:
+                chunk_ids = set(pq.read_table(handle, columns=["id"]).column("id").to_pylist())
+            if chunk_ids & ids:
+                fs.rm_file(file)
+                removed |= chunk_ids
+        return removed
+
+    def rows_to_skip(self, retry_failed: bool) -> dict[str, str]:
+        """Id -> status of the rows a previous run committed. With retry_failed, the chunks
+        that hold failed rows are first uncommitted (so no row can appear twice) and run
+        again whole."""
+        committed = self.committed()
+        if retry_failed:
+            failed = {row_id for row_id, status in committed.items() if status != "ok"}
+            if failed:
+                redo = self.uncommit(failed)
+                logger.info("retrying %d failed rows (%d rows in their chunks)", len(failed), len(redo))
+                # Read again, not filtered: an identical row (same content id) of a removed
+                # chunk may still be committed in another chunk, which must then not run again.
+                committed = self.committed()
+        if committed:
+            logger.info("resuming: %d rows already committed in %s", len(committed), self.path)
+        return committed
+
+    # ------------------------------------------------------------ runs
+
+    def start_run(self, spec: JobSpec, retry_failed: bool) -> RunRecord:
+        """Record a run as started (runs/<start>-<run id>.json, status "running")."""
+        canonical = json.dumps(resolved_dict(spec), sort_keys=True).encode()
+        record = RunRecord(
+            run_id=uuid.uuid4().hex[:8],
+            started_at=_utc(time.time()),
+            spec_sha256=hashlib.sha256(canonical).hexdigest(),
+            retry_failed=retry_failed,
+            synth_version=_synth_version(),
+            host=socket.gethostname(),
+        )
+        self.write_run(record)
+        return record
+
+    def write_run(self, record: RunRecord) -> None:
+        self._write_json(f"runs/{record.file_name()}", asdict(record))
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run record, oldest first (file names start with the start time)."""
+        fs, root = self._fs()
+        folder = storage.join(root, "runs")
+        if not fs.exists(folder):
+            return []
+        files = sorted(f for f in fs.find(folder) if f.endswith(".json") and not os.path.basename(f).startswith("."))
+        return [json.loads(fs.cat_file(file)) for file in files]
