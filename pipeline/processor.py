@@ -23,9 +23,9 @@ def chunk_rows(spec: JobSpec) -> int:
     return max(stage.batch_size for stage in spec.stages)
 
 
-def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[list[str]]):
+def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[list[str]], attempts=None):
     """The lazy dataset of the whole job; iterating it runs the job and yields, per written
-    batch, the rows' id, status and error."""
+    batch, the rows' id, status and error. attempts: the run's ChunkAttempts actor."""
     import ray.data
 
     ds = read_input(spec, source.columns(), plan.task_cpus, schema=source.read_schema())
@@ -56,6 +56,9 @@ def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[lis
                 "overrides": owners[index],
                 "storage_options": spec.storage_options,
                 "torch_threads": stage_plan.torch_threads,
+                "max_output_pixels": spec.output.max_pixels,
+                "attempts": attempts,
+                "max_deaths": spec.max_worker_deaths,
             },
             # One chunk per call; the worker slices it into batch_size groups itself. Ray Data
             # bundles blocks until a batch is full, so this is exact because chunks are
@@ -71,7 +74,8 @@ def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[lis
             ),
             # A dead actor (preempted node, OOM kill) is restarted and its in-flight batches
             # retried: Ray Data's actor pools default to unlimited restarts and task retries,
-            # and a retried chunk keeps its composition, so its bytes.
+            # and a retried chunk keeps its composition, so its bytes. A chunk that kills
+            # max_worker_deaths workers fails its rows instead (stages/attempts.py).
             **resources,
         )
     return ds.map_batches(

@@ -71,6 +71,7 @@ def run_job(spec: JobSpec, retry_failed: bool = False) -> RunSummary:
     from pipeline import preflight
     from pipeline.processor import build_dataset
     from pipeline.ray_session import connect_ray, job_data_context
+    from pipeline.stages.attempts import start_chunk_attempts
 
     started = time.perf_counter()
     # 1. Checks that need no cluster: columns, models, output (seconds, no GPU held).
@@ -90,7 +91,8 @@ def run_job(spec: JobSpec, retry_failed: bool = False) -> RunSummary:
             log.record_job(spec)
             skip = log.rows_to_skip(retry_failed)
             source = row_source(spec, columns, frozenset(skip))
-            dataset = build_dataset(spec, plan, source, preflight.override_owners(spec, columns.overrides))
+            owners = preflight.override_owners(spec, columns.overrides)
+            dataset = build_dataset(spec, plan, source, owners, start_chunk_attempts())
 
             # 3. Stream: each item is one committed chunk's id/status/error.
             summary = RunSummary(rows_skipped=len(skip),

@@ -131,6 +131,13 @@ class OutputSpec(Strict):
     png_compress_level: int = Field(
         6, ge=0, le=9, description="PNG zlib level: 1 encodes about 1.5x faster than 6 for slightly larger files."
     )
+    max_pixels: int = Field(
+        4096 * 4096,
+        ge=64,
+        description="The largest image a stage may generate, in pixels (width x height): a stage's size over it "
+        "is refused before the job starts, and a row whose override or input would exceed it fails alone, "
+        "before the pipeline runs. Memory grows with it; the default fits the largest models' sizes.",
+    )
     storage_options: dict[str, Any] | None = Field(
         None, description="s3fs options for the output only; override the top-level storage_options."
     )
@@ -160,6 +167,13 @@ class JobSpec(Strict):
         "stage actors waiting for GPUs or CPUs that never free, a model load that hangs, or a later stall. "
         "Raise it when loading a model or one batch legitimately takes longer.",
     )
+    max_worker_deaths: int = Field(
+        3,
+        ge=1,
+        description="A chunk whose stage worker died this many times while running it (the process killed "
+        "outright, e.g. by the kernel for memory) has its rows committed as failed, naming them, and the job "
+        "goes on; --retry-failed runs them again later. Each death costs an actor restart and a model load.",
+    )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
         description="s3fs options for every s3:// path of the job (input, models, output), e.g. "
@@ -169,6 +183,13 @@ class JobSpec(Strict):
     @model_validator(mode="after")
     def _chain(self) -> "JobSpec":
         _check_no_credentials(self.storage_options)
+        for index, stage in enumerate(self.stages):
+            width, height = getattr(stage, "width", None), getattr(stage, "height", None)
+            if width and height and width * height > self.output.max_pixels:
+                raise FieldError(
+                    f"stages.{index}.width",
+                    f"{width}x{height} = {width * height} pixels is over output.max_pixels ({self.output.max_pixels})",
+                )
         for index, stage in enumerate(self.stages[1:], start=1):
             if not stage.needs_image:
                 raise FieldError(

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline import batch as B
-from pipeline.keys import stage_seed
+from pipeline.keys import batch_name, stage_seed
 from pipeline.params import ROW_PARAMS
 from pipeline.record import WORKER_FIELDS
 from pipeline.stages.timing import PartTimer
@@ -123,6 +123,9 @@ class StageWorker:
     chain; overrides: the per-row parameters this stage applies from the batch's override
     columns. pipe: a diffusers pipeline already loaded (by a test, or a Serve replica that
     holds one); without it, the stage's model is resolved and loaded once, here.
+    max_output_pixels: rows whose image would be larger fail before the pipeline runs.
+    attempts, max_deaths: a ChunkAttempts actor (stages/attempts.py); a chunk on which this
+    many workers died fails its rows instead of killing another.
     """
 
     def __init__(
@@ -134,6 +137,9 @@ class StageWorker:
         torch_threads: int | None = None,
         pipe: Any = None,
         revision: str | None = None,
+        max_output_pixels: int | None = None,
+        attempts: Any = None,
+        max_deaths: int = 3,
     ):
         import torch
 
@@ -149,6 +155,8 @@ class StageWorker:
         if unknown:
             raise ValueError(f"stages.{index} ({self.kind}) takes no per-row {', '.join(unknown)}")
         self.overrides = tuple(overrides)
+        self.max_output_pixels = max_output_pixels
+        self.attempts, self.max_deaths = attempts, max_deaths
 
         # 2. The pipeline: the one handed in, or the model loaded once per actor. Ray pins
         # the actor to its GPUs through CUDA_VISIBLE_DEVICES, so "cuda" is its own GPU.
@@ -180,6 +188,16 @@ class StageWorker:
         if self.spec.needs_image and not batch[B.WIDTH][row]:
             return f"stages.{self.index} ({self.kind}): the row has no input image"
         return None
+
+    def output_size(self, group: Group) -> tuple[int, int]:
+        """The size this group's images will have (0 for a side the model decides and does
+        not say): the resized input's, else the stage's or the row's width and height."""
+        if group.images:
+            return group.images[0].size
+        unet = getattr(self.pipe, "unet", None)
+        sample = getattr(getattr(unet, "config", None), "sample_size", None)
+        default = sample * getattr(self.pipe, "vae_scale_factor", 8) if isinstance(sample, int) else 0
+        return group.width or default, group.height or default
 
     def size_label(self, group: Group) -> str:
         """The size a group generates at, for messages."""
@@ -214,20 +232,47 @@ class StageWorker:
             )
         queue_seconds = B.queued(batch)
         outcome = Outcome.start(batch)
+        chunk, deaths = self._begin(batch)
+        try:
+            # 2. Rows this stage can run: not failed upstream, and valid for this kind; none
+            # when workers kept dying on this chunk.
+            runnable = self._runnable(batch, outcome, deaths)
 
-        # 2. Rows this stage can run: not failed upstream, and valid for this kind.
-        runnable = self._runnable(batch, outcome)
-
-        # 3. One pipeline call per group of rows with equal parameters and input size.
-        truncated = self._truncated(batch, runnable)
-        for group in self._groups(batch, runnable, self._row_params(batch)):
-            self._record(batch, group, outcome, truncated)
-            self._run(group, outcome)
+            # 3. One pipeline call per group of rows with equal parameters and input size.
+            truncated = self._truncated(batch, runnable)
+            for group in self._groups(batch, runnable, self._row_params(batch)):
+                self._record(batch, group, outcome, truncated)
+                self._run(group, outcome)
+        finally:  # a raised error is no death; a killed process never gets here
+            self._end(chunk)
 
         # 4. The batch out: the images made, the rows failed, this stage's record.
         return self._assemble(batch, outcome, queue_seconds)
 
-    def _runnable(self, batch: dict[str, np.ndarray], outcome: Outcome) -> list[int]:
+    def _begin(self, batch: dict[str, np.ndarray]) -> tuple[str | None, int]:
+        """This chunk's key, and how many workers died running it so far (0 outside a run)."""
+        if self.attempts is None or not len(batch[B.ID]):
+            return None, 0
+        import ray
+
+        chunk = f"s{self.index}-{batch_name([str(row_id) for row_id in batch[B.ID]])}"
+        return chunk, ray.get(self.attempts.begin.remote(chunk))
+
+    def _end(self, chunk: str | None) -> None:
+        if chunk is not None:
+            self.attempts.end.remote(chunk)
+
+    def _runnable(self, batch: dict[str, np.ndarray], outcome: Outcome, deaths: int = 0) -> list[int]:
+        if deaths >= self.max_deaths:
+            rows = [row for row in range(len(batch[B.ID])) if outcome.status[row] == B.OK]
+            ids = [str(batch[B.ID][row]) for row in rows]
+            listed = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+            outcome.fail(rows, (
+                f"stages.{self.index} ({self.kind}): the worker died {deaths} times while running this chunk of "
+                f"{len(ids)} rows ({listed}); rerun with --retry-failed, if need be with a smaller "
+                f"stages.{self.index}.batch_size"
+            ))
+            return []
         runnable = []
         for row in range(len(batch[B.ID])):
             if outcome.status[row] != B.OK:
@@ -329,6 +374,13 @@ class StageWorker:
         problem = self.spec.denoising_error(group.steps, group.strength)
         if problem:
             outcome.fail(rows, f"stages.{self.index} ({self.kind}): {problem}; raise steps or strength")
+            return
+        width, height = self.output_size(group)
+        if self.max_output_pixels and width * height > self.max_output_pixels:
+            outcome.fail(rows, (
+                f"stages.{self.index} ({self.kind}): {width}x{height} = {width * height} pixels is over "
+                f"output.max_pixels ({self.max_output_pixels}); lower the row's width and height, or the input's size"
+            ))
             return
         self.timer.take()
         started = time.perf_counter()

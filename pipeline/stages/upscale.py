@@ -16,6 +16,10 @@ class UpscaleWorker(StageWorker):
         width, height = group.images[0].size
         return f"{width}x{height} px in ({4 * width}x{4 * height} px out)"
 
+    def output_size(self, group: Group) -> tuple[int, int]:
+        width, height = group.images[0].size
+        return 4 * width, 4 * height
+
     def smaller_fields(self) -> str:
         # Its size is its input's, set by an earlier stage or the table: no width/height here.
         return f"a smaller stages.{self.index}.batch_size, or smaller input images"
