@@ -1,7 +1,10 @@
-"""`synth report`: the page about a real job's output, read back as data and as HTML."""
+"""`synth report`: the page about a real job's output, read back as data, as HTML and in a
+real headless Chromium."""
 
 import hashlib
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -226,3 +229,77 @@ def test_cli_refuses_a_folder_without_synth_output(tmp_path):
     assert result.returncode == 2 and "--storage-options: expected a JSON object" in result.stderr
     with pytest.raises(SpecError, match="holds no synth output"):
         write_report(str(tmp_path / "nothing"))
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """(browser, driver): Debian's Chromium and its matching chromedriver, never a download.
+    Skips where they are not installed, except under CI, where they must be. (Session scope:
+    a test that asks for it first skips before Ray starts and its job runs.)"""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(path)]
+    if importlib.util.find_spec("selenium") is None:
+        missing.append("selenium")
+    if missing:
+        reason = f"no headless browser: {', '.join(missing)} missing (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return CHROMIUM, CHROMEDRIVER
+
+
+@pytest.fixture
+def browser(chromium):
+    """A headless Chromium driven by selenium (as root it needs --no-sandbox)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium[0]
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=chromium[1]), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_report_in_a_real_browser(chromium, output, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    page = tmp_path / "report.html"
+    page.write_text(build_report(str(output)))
+    browser.get(page.as_uri())
+    assert browser.title == "test: synth report"  # the script prompt did not run
+
+    # every thumbnail decoded
+    images = browser.find_elements(By.CSS_SELECTOR, "#samples img")
+    assert len(images) == 5
+    for image in images:
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 0
+    captions = [caption.text for caption in browser.find_elements(By.CSS_SELECTOR, "#samples figcaption")]
+    assert any("<script>document.title" in caption for caption in captions)  # shown as text
+
+    # both plots are laid out with a size and hold their marks
+    for section, marks, expected in (("#commits", "polyline", 2), ("#time", "rect.bar", 7)):
+        plot = browser.find_element(By.CSS_SELECTOR, f"{section} svg")
+        box = browser.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height]", plot)
+        assert box[0] > 100 and box[1] > 100, (section, box)
+        assert len(plot.find_elements(By.CSS_SELECTOR, marks)) == expected, section
+
+    # the failed rows, grouped
+    failures = browser.find_element(By.CSS_SELECTOR, "#failures table").text
+    assert STEPS_ERROR in failures and "row-5, row-6" in failures and "prompt: the prompt is empty" in failures
+    runs = browser.find_element(By.CSS_SELECTOR, "#runs table").text
+    assert "3f2a9c1e" in runs and "running (or killed)" in runs
+
+    # nothing was blocked by the page's CSP (which would mean something tried to load or run)
+    assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+    # a screenshot of the whole page, to look at (the window is taller than its viewport)
+    for _ in range(2):
+        extra = browser.execute_script("return document.documentElement.scrollHeight - window.innerHeight")
+        browser.set_window_size(1280, browser.get_window_size()["height"] + extra)
+    assert browser.save_screenshot(str(tmp_path / "report.png"))
