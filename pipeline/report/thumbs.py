@@ -57,6 +57,6 @@ def thumbnails(fs, root: str, keys: list[str], max_side: int = MAX_SIDE) -> dict
             continue
         try:
             result[key] = encode_thumbnail(data, max_side)
-        except Exception as error:  # PIL raises many kinds for a damaged file  # noqa: BLE001
+        except Exception as error:  # PIL raises many kinds for a damaged file
             result[key] = f"cannot decode the image: {error}"
     return result
