@@ -125,6 +125,25 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _samples(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1000")
+    return value
+
+
+def cmd_report(args) -> int:
+    from pipeline.report import parse_options, write_report
+    from pipeline.spec import SpecError
+
+    try:
+        out = write_report(args.output_path, args.out, parse_options(args.storage_options), args.samples)
+    except OSError as error:  # unreadable output, unwritable --out: one line, not a traceback
+        raise SpecError(f"report on {args.output_path}: {error}") from None
+    print(f"synth: report written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.tiny_models import KINDS
 
@@ -177,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--work-dir", default=None, help="keep the jobs' inputs and outputs here")
     evaluate.add_argument("--verbose", action="store_true", help="print the jobs' progress")
     evaluate.set_defaults(func=cmd_eval_tiny)
+    report = commands.add_parser("report", help="write one self-contained HTML page about an output folder")
+    report.add_argument("output_path", help="the job's output.path: a local folder or an s3:// prefix")
+    report.add_argument("--out", default=None, help="where to write the page (default: OUTPUT_PATH/report.html)")
+    report.add_argument("--samples", type=_samples, default=48, metavar="N",
+                        help="sample images per stage chain on the contact sheet, 0..1000 (default 48)")
+    report.add_argument("--storage-options", default=None, metavar="JSON",
+                        help="s3fs options as JSON (default: the output's own, from its job.json)")
+    report.set_defaults(func=cmd_report)
     tiny = commands.add_parser("tiny-model", help="write a tiny random-weight diffusers model folder")
     tiny.add_argument("out_dir")
     tiny.add_argument("--kind", choices=KINDS, required=True)

@@ -130,11 +130,22 @@ class CommitLog:
         path = storage.join(root, name)
         return json.loads(fs.cat_file(path)) if fs.exists(path) else None
 
+    @staticmethod
+    def _is_part(path: str, suffix: str) -> bool:
+        """A file of the log, not a temporary one an interrupted atomic write left (dot-
+        and underscore-files are not parts, as for pyarrow's dataset reader)."""
+        return path.endswith(suffix) and not os.path.basename(path).startswith((".", "_"))
+
     def _write_json(self, name: str, data: Any) -> None:
         fs, root = self._fs()
         storage.write_bytes_atomic(fs, storage.join(root, name), json.dumps(data, indent=2).encode())
 
     # ------------------------------------------------------------ the job
+
+    def job(self) -> dict[str, Any] | None:
+        """job.json as written (not validated: an older output's spec may not parse now),
+        None where there is none. Raises ValueError when it is not JSON."""
+        return self._read_json("job.json")
 
     def check_same_job(self, spec: JobSpec) -> None:
         """Refuse to resume into an output that a different spec wrote (its job.json), or
@@ -162,7 +173,7 @@ class CommitLog:
     def _check_row_id_scheme(self, spec: JobSpec) -> None:
         """Without an id column, a row's id is a hash of its values (keys.ROW_ID_SCHEME): an
         output whose committed rows were hashed another way cannot be resumed."""
-        if spec.input.id_column or not self._metadata_files():
+        if spec.input.id_column or not self.metadata_files():
             return
         written = self._read_json("row_ids.json")
         scheme = written["scheme"] if written else 1
@@ -180,12 +191,13 @@ class CommitLog:
 
     # ------------------------------------------------------------ committed rows
 
-    def _metadata_files(self) -> list[str]:
+    def metadata_files(self) -> list[str]:
+        """Every committed chunk's metadata file, sorted."""
         fs, root = self._fs()
         folder = storage.join(root, "metadata")
         if not fs.exists(folder):
             return []
-        return sorted(f for f in fs.find(folder) if f.endswith(".parquet") and not os.path.basename(f).startswith("."))
+        return sorted(f for f in fs.find(folder) if self._is_part(f, ".parquet"))
 
     def commit(self, table) -> None:
         """Commit a chunk: its metadata rows (a pyarrow table, images already written) in one
@@ -206,7 +218,7 @@ class CommitLog:
 
         fs, _ = self._fs()
         rows: dict[str, str] = {}
-        for file in self._metadata_files():
+        for file in self.metadata_files():
             with fs.open(file, "rb") as handle:
                 table = pq.read_table(handle, columns=["id", "status"])
             for row_id, status in zip(table.column("id").to_pylist(), table.column("status").to_pylist()):
@@ -228,7 +240,7 @@ class CommitLog:
 
         fs, _ = self._fs()
         removed: set[str] = set()
-        for file in self._metadata_files():
+        for file in self.metadata_files():
             with fs.open(file, "rb") as handle:
                 chunk_ids = set(pq.read_table(handle, columns=["id"]).column("id").to_pylist())
             if chunk_ids & ids:
@@ -272,11 +284,23 @@ class CommitLog:
     def write_run(self, record: RunRecord) -> None:
         self._write_json(f"runs/{record.file_name()}", asdict(record))
 
-    def runs(self) -> list[dict[str, Any]]:
-        """Every run record, oldest first (file names start with the start time)."""
+    def run_records(self, newest: int | None = None) -> tuple[list[tuple[str, Any]], int]:
+        """The newest run records, oldest first (file names start with the start time), each
+        as (file name, its JSON, or the error that kept it from being read); and how many
+        records there are."""
         fs, root = self._fs()
         folder = storage.join(root, "runs")
-        if not fs.exists(folder):
-            return []
-        files = sorted(f for f in fs.find(folder) if f.endswith(".json") and not os.path.basename(f).startswith("."))
-        return [json.loads(fs.cat_file(file)) for file in files]
+        files = sorted(
+            (f for f in fs.ls(folder, detail=False) if self._is_part(f, ".json")), key=os.path.basename
+        ) if fs.exists(folder) else []
+        records = []
+        for file in files[-newest:] if newest else files:
+            try:
+                records.append((os.path.basename(file), json.loads(fs.cat_file(file))))
+            except (OSError, ValueError) as error:  # a JSON or UTF-8 error is a ValueError
+                records.append((os.path.basename(file), error))
+        return records, len(files)
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every readable run record, oldest first."""
+        return [data for _, data in self.run_records()[0] if not isinstance(data, Exception)]
