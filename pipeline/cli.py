@@ -240,12 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.models import ModelError
     from pipeline.resources import PlanError
     from pipeline.spec import SpecError
+    from pipeline.storage import OutputWriteError
 
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     try:
         return args.func(args)
-    except (SpecError, PlanError, ModelError) as error:
+    except (SpecError, PlanError, ModelError, OutputWriteError) as error:
+        logging.getLogger("synth").debug("the error's traceback", exc_info=True)
         print(f"synth: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:

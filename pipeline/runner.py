@@ -64,11 +64,17 @@ def _finish(log: CommitLog, record: RunRecord, started: float, exit_code: int, s
 
     job_id = ray.get_runtime_context().get_job_id() if ray.is_initialized() else None
     record.finish(exit_code, time.perf_counter() - started, summary, message, job_id)
-    log.write_run(record)
+    try:
+        log.write_run(record)
+    except storage.OutputWriteError as error:  # the same full disk, say: the run's own error matters more
+        logger.warning("the run record could not be written: %s", error)
+
+
 
 
 def run_job(spec: JobSpec, retry_failed: bool = False) -> RunSummary:
     from pipeline import preflight
+    from pipeline.io.writer import OUTPUT_ERROR
     from pipeline.processor import build_dataset
     from pipeline.ray_session import connect_ray, job_data_context
     from pipeline.stages.attempts import start_chunk_attempts
@@ -89,6 +95,9 @@ def run_job(spec: JobSpec, retry_failed: bool = False) -> RunSummary:
         plan = _plan(spec)
         with job_data_context(spec.actor_start_timeout_s):
             log.record_job(spec)
+            swept = storage.sweep_temporary(spec.output.path)
+            if swept:
+                logger.info("removed %d temporary files that killed writers left in %s", swept, spec.output.path)
             skip = log.rows_to_skip(retry_failed)
             source = row_source(spec, columns, frozenset(skip))
             owners = preflight.override_owners(spec, columns.overrides)
@@ -100,12 +109,15 @@ def run_job(spec: JobSpec, retry_failed: bool = False) -> RunSummary:
             for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                 if summary.first_batch_seconds is None:
                     summary.first_batch_seconds = time.perf_counter() - started
-                for row in zip(*(batch.column(c).to_pylist() for c in ("id", "status", "error"))):
-                    summary.add(*row)
+                for row_id, status, error in zip(*(batch.column(c).to_pylist() for c in ("id", "status", "error"))):
+                    if status == OUTPUT_ERROR:
+                        raise storage.OutputWriteError(error)
+                    summary.add(row_id, status, error)
         summary.wall_seconds = time.perf_counter() - started
     except BaseException as error:
         text = str(error).strip().splitlines()
-        _finish(log, record, started, 2, summary, f"{type(error).__name__}: {text[-1] if text else ''}"[:500])
+        message = str(error) if isinstance(error, storage.OutputWriteError) else f"{type(error).__name__}: {text[-1] if text else ''}"
+        _finish(log, record, started, 2, summary, message[:500])
         raise
     _finish(log, record, started, summary.exit_code(spec.max_failed_fraction), summary)
     return summary

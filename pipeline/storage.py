@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 from typing import Any
+
+# What names a temporary file of an atomic write: ".{name}.tmp-{pid}".
+TEMPORARY = ".tmp-"
+
+
+class OutputWriteError(RuntimeError):
+    """Writing to the job's output failed (a full disk, no permission, a missing bucket):
+    the job ends, exit 2, with this one line. Raised in tasks, it reaches the driver whole."""
+
+    @classmethod
+    def of(cls, output_path: str, error: BaseException) -> "OutputWriteError":
+        cause = str(error) or type(error).__name__
+        return cls(f"output.path: cannot write to {output_path}: {cause}")
 
 
 def is_remote(path: str) -> bool:
@@ -66,12 +80,32 @@ def write_bytes_atomic(fs, path: str, data: bytes) -> None:
     if _is_local(fs):
         directory, name = os.path.split(path)
         os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
+        tmp = os.path.join(directory, f".{name}{TEMPORARY}{os.getpid()}")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except Exception:  # a full disk, say: no partial file stays (a kill still can leave one)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     else:
         fs.pipe_file(path, data)
+
+
+def sweep_temporary(path: str) -> int:
+    """Remove the temporary files that killed writers left under a local output folder;
+    return how many. Only while no other run writes there (it holds the output's lease)."""
+    if is_remote(path) or not os.path.isdir(path.removeprefix("file://")):
+        return 0
+    swept = 0
+    for folder, _, names in os.walk(path.removeprefix("file://")):
+        for name in names:
+            if name.startswith(".") and TEMPORARY in name:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+                    swept += 1
+    return swept
 
 
 def write_many_atomic(fs, items: dict[str, bytes]) -> None:

@@ -136,9 +136,16 @@ class CommitLog:
         and underscore-files are not parts, as for pyarrow's dataset reader)."""
         return path.endswith(suffix) and not os.path.basename(path).startswith((".", "_"))
 
+    def _write(self, name: str, data: bytes) -> None:
+        """Write one file of the log atomically; a storage failure ends the job (exit 2)."""
+        try:
+            fs, root = self._fs()
+            storage.write_bytes_atomic(fs, storage.join(root, name), data)
+        except Exception as error:  # storage I/O only: a full disk, permissions, a missing bucket
+            raise storage.OutputWriteError.of(self.path, error) from None
+
     def _write_json(self, name: str, data: Any) -> None:
-        fs, root = self._fs()
-        storage.write_bytes_atomic(fs, storage.join(root, name), json.dumps(data, indent=2).encode())
+        self._write(name, json.dumps(data, indent=2).encode())
 
     # ------------------------------------------------------------ the job
 
@@ -208,9 +215,7 @@ class CommitLog:
 
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
-        fs, root = self._fs()
-        name = batch_name(table.column("id").to_pylist()) + ".parquet"
-        storage.write_bytes_atomic(fs, storage.join(root, "metadata", name), buffer.getvalue())
+        self._write(f"metadata/{batch_name(table.column('id').to_pylist())}.parquet", buffer.getvalue())
 
     def committed(self) -> dict[str, str]:
         """id -> status of every committed row ("ok" wins over a failed copy)."""

@@ -174,22 +174,41 @@ def metadata_table(
     return pa.Table.from_pydict(rows, schema=metadata_schema())
 
 
+# The status of the one row write_outputs returns when the output cannot be written: the
+# driver ends the job with its error. Returned, not raised, as Ray Data keeps only the text
+# of an exception raised in a task.
+OUTPUT_ERROR = "output_error"
+
+
 def write_outputs(batch: dict[str, np.ndarray], target: OutputTarget):
-    """Write the chunk's images, then commit its metadata; return its rows' id, status, error."""
+    """Write the chunk's images, then commit its metadata; return its rows' id, status, error
+    (or one OUTPUT_ERROR row when the output cannot be written)."""
+    import pyarrow as pa
+
     if B.COMMITTED in batch and batch[B.COMMITTED].any():  # batch mates an earlier run wrote
         fresh = ~np.asarray(batch[B.COMMITTED], dtype=bool)
         batch = {name: column[fresh] for name, column in batch.items()}
     if not len(batch[B.ID]):  # every row of the chunk was committed by an earlier run
         return metadata_schema().empty_table().select(["id", "status", "error"])
+    try:
+        return _write_chunk(batch, target)
+    except storage.OutputWriteError as error:
+        return pa.table({"id": [None], "status": [OUTPUT_ERROR], "error": [str(error)]},
+                        schema=metadata_schema().empty_table().select(["id", "status", "error"]).schema)
 
+
+def _write_chunk(batch: dict[str, np.ndarray], target: OutputTarget):
     # 1. Encode every finished image and upload them together.
     queue_seconds = B.queued(batch)
     encoded = encode_images(batch, target.encoding)
     started = time.perf_counter()
     fs, root = storage.filesystem(target.log.path, target.log.storage_options)
-    storage.write_many_atomic(
-        fs, {storage.join(root, key): data for key, data in zip(encoded.keys, encoded.data) if key is not None}
-    )
+    try:
+        storage.write_many_atomic(
+            fs, {storage.join(root, key): data for key, data in zip(encoded.keys, encoded.data) if key is not None}
+        )
+    except Exception as error:  # storage I/O only: a full disk, permissions, a missing bucket
+        raise storage.OutputWriteError.of(target.log.path, error) from None
     write_seconds = (time.perf_counter() - started) / len(batch[B.ID])
 
     # 2. The metadata rows, after their images exist: the commit.
