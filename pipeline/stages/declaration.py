@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.params import GuidanceScale, Side, Steps, Strength
+from pipeline.params import ROW_PARAMS, GuidanceScale, Side, Steps, Strength
 from pipeline.strict import FieldError, Strict
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -107,8 +107,6 @@ class StageBase(Strict):
     @classmethod
     def row_params(cls) -> tuple[str, ...]:
         """The per-row overridable parameters this kind takes (see pipeline/params.py)."""
-        from pipeline.params import ROW_PARAMS
-
         return tuple(param for param in ROW_PARAMS if param in cls.model_fields)
 
     def denoising_error(self, steps: int, strength: float | None) -> str | None:
