@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import unicodedata
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
@@ -132,6 +133,19 @@ def _as_read(name: str, value: Any) -> Any:
     return None if math.isnan(number) else number
 
 
+# Default-ignorable characters outside category Cf (Hangul fillers, variation selectors, the
+# combining grapheme joiner...): invisible, like the Cf ones (zero-width space, BOM, tags).
+_IGNORABLE = frozenset([0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180C, 0x180D, 0x180F, 0x3164, 0xFFA0,
+                        *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
+
+
+def _blank(text: str) -> bool:
+    """True when the text shows nothing: only whitespace, control and format characters
+    (zero-width space and joiners, word joiner, BOM, U+180E...) or other invisible ones."""
+    return all(char.isspace() or unicodedata.category(char) in ("Cc", "Cf") or ord(char) in _IGNORABLE
+               for char in text)
+
+
 def _texts(values: list[Any], label: str, errors: list[str | None]) -> list[str | None]:
     """A text column's cells as str (None stays None). Files written without Parquet's UTF8
     annotation (pandas bytes, older Hive and Spark tables) hold text as binary: decoded, or
@@ -249,7 +263,7 @@ def canonical_batch(rows, rules: RowRules = RowRules(), done: Iterable[str] = fr
     negatives = _texts(data.get(rules.roles.get("negative_prompt"), [None] * count), "negative_prompt", errors)
     if rules.prompt_required:
         for i, prompt in enumerate(prompts):
-            if not prompt.strip():
+            if _blank(prompt):
                 errors[i] = errors[i] or "prompt: the prompt is empty"
     out: dict[str, np.ndarray] = {
         B.ID: B.object_column(ids),
