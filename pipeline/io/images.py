@@ -65,7 +65,17 @@ def fetch_all(uris: list[str], storage_options: dict[str, Any]) -> list[bytes | 
         return list(pool.map(fetch, uris))
 
 
+# The raster formats decoded. Pillow's other plugins stay unused: EPS and PS hand the bytes
+# to Ghostscript (untrusted PostScript would run where it is installed), and rarely used
+# parsers are attack surface that no image input needs.
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+_ALLOWED_NAMES = "PNG, JPEG, WebP, GIF, BMP, TIFF"
+
 class PixelBudgetError(ValueError):
+    pass
+
+
+class FormatNotAllowed(ValueError):
     pass
 
 
@@ -76,13 +86,23 @@ def decode(data: bytes, mode: str, max_pixels: int | None = None) -> np.ndarray:
     decoded, so a decompression bomb (a tiny file claiming a huge image) costs nothing.
     An EXIF orientation (phone photos) is applied, so the pixels are upright as viewers
     show them and a mask drawn on the upright view fits its image. 16-bit greyscale is
-    scaled to 8 bits.
+    scaled to 8 bits. Only ALLOWED_FORMATS are decoded; bytes of another format raise
+    FormatNotAllowed, found from Pillow's prefix checks without opening them.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if max_pixels is not None:
         Image.MAX_IMAGE_PIXELS = None  # our budget, checked below, replaces PIL's global one
-    with Image.open(io.BytesIO(data)) as image:
+    Image.init()  # registers every plugin once; only the allowed ones are asked below
+    try:
+        # (a Pillow built without one of them, WebP say, simply does not decode it)
+        opened = Image.open(io.BytesIO(data), formats=[name for name in ALLOWED_FORMATS if name in Image.OPEN])
+    except UnidentifiedImageError:
+        other = _other_format(data[:16])
+        if other:
+            raise FormatNotAllowed(f"{other} is not an allowed image format (allowed: {_ALLOWED_NAMES})") from None
+        raise
+    with opened as image:
         width, height = image.size
         if max_pixels is not None and width * height > max_pixels:
             raise PixelBudgetError(
@@ -97,14 +117,33 @@ def decode(data: bytes, mode: str, max_pixels: int | None = None) -> np.ndarray:
         return np.asarray(image.convert(mode))
 
 
+def _other_format(prefix: bytes) -> str | None:
+    """The name of the format other than the allowed ones whose signature `prefix` has
+    (EPS, PSD...), from Pillow's prefix checks only: no plugin opens the bytes."""
+    from PIL import Image
+
+    Image.init()
+    for name in Image.ID:
+        accept = Image.OPEN[name][1]
+        if name in ALLOWED_FORMATS or accept is None:
+            continue
+        try:
+            found = accept(prefix)
+        except Exception:  # a check that needs more bytes than a short input has
+            continue
+        if found and not isinstance(found, str):  # a str is Pillow's "maybe, but" warning
+            return name
+    return None
+
+
 def describe_decode_error(error: Exception) -> str:
     from PIL import UnidentifiedImageError
 
-    if isinstance(error, PixelBudgetError):
+    if isinstance(error, (PixelBudgetError, FormatNotAllowed)):
         return str(error)
     if isinstance(error, UnidentifiedImageError):
         # PIL's own message names a BytesIO object's address: useless and never the same twice.
-        return "not a known image format (PNG, JPEG, WebP, ...)"
+        return f"not an image in an allowed format ({_ALLOWED_NAMES})"
     return f"{type(error).__name__}: {error}"
 
 
