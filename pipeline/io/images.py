@@ -1,4 +1,4 @@
-"""Fetch, decode and encode images."""
+"""Image cells, decoding and encoding (fetching a cell's URI is pipeline/io/fetch.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import posixpath
 from typing import Any
 
 import numpy as np
-
-from pipeline import storage
 
 _URI_PREFIXES = ("s3://", "file://", "/", "./", "../")
 
@@ -27,8 +25,13 @@ def looks_like_uri(value: Any) -> bool:
 
 
 def resolve_uri(value: str | bytes, base_dir: str) -> str:
+    """A cell's URI as fetch reads it: a URI with a scheme (allowed or not: fetch decides)
+    or an absolute path as it is; a relative path joined to the table's folder. `..` may
+    climb out of that folder: a table names what the job's user and credentials can read."""
+    from pipeline.io.fetch import scheme_of
+
     text = value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else value
-    if "://" in text or text.startswith("/"):
+    if scheme_of(text) or text.startswith("/"):
         return text
     if "://" in base_dir:
         scheme, _, rest = base_dir.partition("://")
@@ -44,32 +47,25 @@ def cell_value(value: Any) -> Any:
     return value
 
 
-def fetch_all(uris: list[str], storage_options: dict[str, Any]) -> list[bytes | Exception]:
-    """Fetch many URIs concurrently (S3 latency dominates: 16 requests in flight).
-
-    One `cat_file` per path: fsspec's multi-path `cat` would expand `[`, `*` and `?` in
-    object names as glob patterns.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    def fetch(uri: str) -> bytes | Exception:
-        try:
-            fs, inner = storage.filesystem(uri, storage_options)
-            return fs.cat_file(inner)
-        except Exception as error:  # missing object, permissions: this row only
-            return error
-
-    if len(uris) <= 1:
-        return [fetch(uri) for uri in uris]
-    with ThreadPoolExecutor(max_workers=min(16, len(uris))) as pool:
-        return list(pool.map(fetch, uris))
-
-
 # The raster formats decoded. Pillow's other plugins stay unused: EPS and PS hand the bytes
 # to Ghostscript (untrusted PostScript would run where it is installed), and rarely used
 # parsers are attack surface that no image input needs.
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 _ALLOWED_NAMES = "PNG, JPEG, WebP, GIF, BMP, TIFF"
+# 8 bytes a pixel: an uncompressed 16-bit RGBA TIFF, the largest an allowed format stores a
+# pixel in; the MiB is room for headers, ICC profiles and EXIF.
+BYTES_PER_PIXEL = 8
+HEADER_ROOM = 1 << 20
+DEFAULT_MAX_PIXELS = 50_000_000  # input.max_image_pixels' default
+
+
+def byte_limit(max_pixels: int | None, max_bytes: int | None = None) -> int:
+    """The most bytes an image or mask may have: `max_bytes` when set, else derived from
+    the pixel budget (input.max_image_bytes' default)."""
+    if max_bytes is not None:
+        return max_bytes
+    return (max_pixels or DEFAULT_MAX_PIXELS) * BYTES_PER_PIXEL + HEADER_ROOM
+
 
 class PixelBudgetError(ValueError):
     pass

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from pipeline import batch as B
-from pipeline.io import images
+from pipeline.io import fetch, images
 from pipeline.keys import content_id, derive_seed, id_text
 from pipeline.params import ROW_PARAMS, check_cell
 
@@ -42,6 +42,12 @@ class RowRules:
     # None: each parameter present is read from the column of its own name
     overrides: dict[str, str] | None = None
     max_image_pixels: int | None = None
+    # the most bytes an image or mask may have (fetched or inline); None: derived from the
+    # pixel budget (images.byte_limit), so a fetch is bounded whatever the caller sets
+    max_image_bytes: int | None = None
+    # http(s):// image cells are fetched only when allowed, each within http_timeout_s
+    allow_http: bool = False
+    http_timeout_s: float = 30.0
     # the first stage needs a non-empty prompt (txt2img, img2img, inpaint do; upscale not)
     prompt_required: bool = True
 
@@ -59,6 +65,9 @@ class RowRules:
         if self.id_column:
             names.append(self.id_column)
         return list(dict.fromkeys(names))
+
+    def byte_limit(self) -> int:
+        return images.byte_limit(self.max_image_pixels, self.max_image_bytes)
 
 
 @dataclass(frozen=True)
@@ -163,16 +172,20 @@ def _texts(values: list[Any], label: str, errors: list[str | None]) -> list[str 
 def _load_images(values: list[Any], rules: RowRules, mode: str, role: str, errors: list[str | None]):
     """Fetch (if URIs) and decode one image column; a failure marks that row only."""
     count = len(values)
+    limit = rules.byte_limit()
     values = [images.cell_value(v) for v in values]
     encoded: list[bytes | Exception | None] = [None] * count
     uri_rows = [i for i, v in enumerate(values) if v is not None and errors[i] is None and images.looks_like_uri(v)]
     uris = {i: images.resolve_uri(values[i], rules.base_dir) for i in uri_rows}
-    for i, data in zip(uri_rows, images.fetch_all(list(uris.values()), rules.storage_options)):
+    fetched = fetch.fetch_all(list(uris.values()), rules.storage_options, limit, rules.allow_http, rules.http_timeout_s)
+    for i, data in zip(uri_rows, fetched):
         encoded[i] = data
     for i, value in enumerate(values):
         if encoded[i] is None and value is not None and i not in uris and errors[i] is None:
             if isinstance(value, (bytes, bytearray, memoryview)):
                 encoded[i] = bytes(value)
+                if len(encoded[i]) > limit:  # one rule for every image, fetched or inline
+                    errors[i] = f"{role}: the '{rules.roles[role]}' cell holds {fetch.too_large(len(value), limit)}"
             else:  # a number, a list: bytes(5) would make five zero bytes, bytes(1.5) raise
                 kind = type(value).__name__
                 errors[i] = f"{role}: the '{rules.roles[role]}' cell holds a {kind}, not image bytes or a path"
@@ -184,7 +197,9 @@ def _load_images(values: list[Any], rules: RowRules, mode: str, role: str, error
             errors[i] = f"{role}: the '{rules.roles[role]}' cell is empty"
             continue
         if isinstance(data, Exception):
-            errors[i] = f"{role}: cannot fetch {uris[i]}: {type(data).__name__}: {data}"
+            # a refusal says what it refused; other errors (missing file, S3 denied) need their type
+            cause = str(data) if isinstance(data, fetch.Refused) else f"{type(data).__name__}: {data}"
+            errors[i] = f"{role}: cannot fetch {fetch.shown(uris[i])}: {cause}"
             continue
         try:
             pixels = images.decode(data, mode, rules.max_image_pixels)
