@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import png_bytes
+from conftest import job, png_bytes, read_metadata, stage, write_table
 from PIL import Image
 
 from pipeline import batch as B
@@ -183,3 +183,29 @@ def test_a_prompt_of_invisible_characters_is_empty():
     upscale = canonical_batch({"prompt": invisible}, RowRules(roles={"prompt": "prompt"}, overrides={},
                                                               prompt_required=False))
     assert list(upscale[B.STATUS]) == ["ok"] * len(invisible)  # a stage without a prompt does not need one
+
+
+@pytest.mark.timeout(300)  # starts Ray and loads a model
+def test_hostile_rows_fail_alone_and_the_job_ends(ray_cluster, tiny, tmp_path):
+    from pipeline.runner import run_job
+    from pipeline.spec import parse_spec
+
+    table = write_table(tmp_path / "t.parquet", {
+        "id": ["good-1", "good-2", "zero", "http", "eps", "blank"],
+        "prompt": ["a red circle", "a blue square", "x", "x", "x", "\u200b\u2060"],
+        "image": [png_bytes(), png_bytes((30, 30, 200)), b"/dev/zero", b"http://127.0.0.1:9/x.png", EPS, png_bytes()],
+    })
+    raw = job(table, str(tmp_path / "out"), [stage("img2img", tiny["img2img"], width=32, height=32)],
+              input={"path": table, "id_column": "id"})
+    summary = run_job(parse_spec(raw))
+    assert (summary.rows_ok, summary.rows_failed) == (2, 4)
+    rows = {row["id"]: row for row in read_metadata(str(tmp_path / "out"))}
+    assert rows["good-1"]["status"] == rows["good-2"]["status"] == "ok"
+    expected = {
+        "zero": "image: cannot fetch /dev/zero: not a regular file (a character device)",
+        "http": "image: cannot fetch http://127.0.0.1:9/x.png: http:// is not allowed while input.allow_http is false",
+        "eps": "image: cannot decode the image: EPS is not an allowed image format",
+        "blank": "prompt: the prompt is empty",
+    }
+    for row_id, message in expected.items():
+        assert rows[row_id]["status"] == "failed" and rows[row_id]["error"].startswith(message), rows[row_id]["error"]
