@@ -2,6 +2,7 @@
 and (when allowed) HTTP answers, each bounded in bytes and time; only raster formats are
 decoded; a prompt of invisible characters is empty. Each problem fails its row alone."""
 
+import asyncio
 import http.server
 import io
 import os
@@ -150,6 +151,11 @@ def test_http_is_fetched_only_when_allowed_bounded_in_bytes_and_time(http_url):
     assert errors[3] == f"image: cannot fetch {http_url}/missing.png: HTTP 404 Not Found"
     assert errors[4].startswith(f"image: cannot fetch {http_url}/to-file: ")  # a redirect to file:// is not followed
     assert "root:" not in errors[4]
+
+    async def from_a_coroutine():  # as Serve would call it, inside its event loop
+        return prepare([f"{http_url}/x.png"], allow_http=True)
+
+    assert asyncio.run(from_a_coroutine()) == [""]
 
 
 def encoded(image_format: str, mode: str = "RGB") -> bytes:

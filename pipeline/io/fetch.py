@@ -166,13 +166,32 @@ def read_s3(path: str, storage_options: dict[str, Any], limit: int) -> bytes:
 
 def read_http(url: str, limit: int, timeout_s: float) -> bytes:
     """An http(s) URL's body, at most `limit` bytes, within `timeout_s` for the whole fetch
-    (connect, redirects, headers and body). Runs its own event loop: callers are threads."""
+    (connect, redirects, headers and body), on an event loop of its own."""
     import asyncio
 
     try:
-        return asyncio.run(_http_get(url, limit, timeout_s))
+        asyncio.get_running_loop()
+    except RuntimeError:  # the usual case: a prepare task's thread, or fetch_all's pool
+        return _run_http(url, limit, timeout_s)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:  # called from a coroutine (Serve): its own thread
+        return pool.submit(_run_http, url, limit, timeout_s).result()
+
+
+def _run_http(url: str, limit: int, timeout_s: float) -> bytes:
+    import asyncio
+
+    # Not asyncio.run: it waits for the loop's executor threads at the end, and a DNS
+    # lookup that hangs in one would outlast the timeout; close() leaves it behind.
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(_http_get(url, limit, timeout_s))
     except asyncio.TimeoutError:
         raise Refused(f"no complete answer within input.http_timeout_s ({timeout_s:g} s)") from None
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 async def _http_get(url: str, limit: int, timeout_s: float) -> bytes:
