@@ -29,6 +29,9 @@ def row_source(spec: JobSpec, columns, skip_ids: frozenset[str] = frozenset()):
         roles=columns.roles,
         overrides=columns.overrides,
         max_image_pixels=spec.input.max_image_pixels,
+        max_image_bytes=spec.input.max_image_bytes,
+        allow_http=spec.input.allow_http,
+        http_timeout_s=spec.input.http_timeout_s,
         prompt_required=spec.stages[0].needs_prompt,
     )
     return RowSource(rules, skip_ids=skip_ids, table_schema=columns.schema)

@@ -77,8 +77,8 @@ class Columns(Strict):
     image: str = Field(
         "image",
         description="Column with the input image: encoded bytes, or a URI (s3://..., file://, or a path; "
-        "relative paths resolve against the input table's folder). Needed when the first stage is "
-        "img2img, inpaint or upscale.",
+        "relative paths resolve against the input table's folder; http(s):// with input.allow_http). "
+        "Needed when the first stage is img2img, inpaint or upscale.",
     )
     mask: str = Field(
         "mask",
@@ -113,6 +113,25 @@ class InputSpec(Strict):
         ge=64,
         description="Images and masks with more pixels are refused (the row fails) from their header, "
         "before decoding: a guard against decompression bombs.",
+    )
+    max_image_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Images and masks with more bytes fail their row: a fetch reads at most this many (plus "
+        "one) from a file, an S3 object or an HTTP answer, so no cell can make a read unbounded. "
+        "null: 8 bytes a pixel of max_image_pixels plus 1 MiB (about 400 MB by default); lower it to "
+        "bound a worker's memory more tightly.",
+    )
+    allow_http: bool = Field(
+        False,
+        description="Fetch http:// and https:// image and mask cells. Off by default: with it on, a table "
+        "can make the workers send GET requests to any address they reach, internal ones included.",
+    )
+    http_timeout_s: float = Field(
+        30,
+        gt=0,
+        description="Seconds an http(s) fetch may take in all (connect, redirects, body); past it the row "
+        "fails.",
     )
     storage_options: dict[str, Any] | None = Field(
         None, description="s3fs options for the input only; override the top-level storage_options."

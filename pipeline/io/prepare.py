@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import time
+import unicodedata
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from pipeline import batch as B
-from pipeline.io import images
+from pipeline.io import fetch, images
 from pipeline.keys import content_id, derive_seed, id_text
 from pipeline.params import ROW_PARAMS, check_cell
 
@@ -41,6 +42,12 @@ class RowRules:
     # None: each parameter present is read from the column of its own name
     overrides: dict[str, str] | None = None
     max_image_pixels: int | None = None
+    # the most bytes an image or mask may have (fetched or inline); None: derived from the
+    # pixel budget (images.byte_limit), so a fetch is bounded whatever the caller sets
+    max_image_bytes: int | None = None
+    # http(s):// image cells are fetched only when allowed, each within http_timeout_s
+    allow_http: bool = False
+    http_timeout_s: float = 30.0
     # the first stage needs a non-empty prompt (txt2img, img2img, inpaint do; upscale not)
     prompt_required: bool = True
 
@@ -58,6 +65,9 @@ class RowRules:
         if self.id_column:
             names.append(self.id_column)
         return list(dict.fromkeys(names))
+
+    def byte_limit(self) -> int:
+        return images.byte_limit(self.max_image_pixels, self.max_image_bytes)
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,19 @@ def _as_read(name: str, value: Any) -> Any:
     return None if math.isnan(number) else number
 
 
+# Default-ignorable characters outside category Cf (Hangul fillers, variation selectors, the
+# combining grapheme joiner...): invisible, like the Cf ones (zero-width space, BOM, tags).
+_IGNORABLE = frozenset([0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x180B, 0x180C, 0x180D, 0x180F, 0x3164, 0xFFA0,
+                        *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
+
+
+def _blank(text: str) -> bool:
+    """True when the text shows nothing: only whitespace, control and format characters
+    (zero-width space and joiners, word joiner, BOM, U+180E...) or other invisible ones."""
+    return all(char.isspace() or unicodedata.category(char) in ("Cc", "Cf") or ord(char) in _IGNORABLE
+               for char in text)
+
+
 def _texts(values: list[Any], label: str, errors: list[str | None]) -> list[str | None]:
     """A text column's cells as str (None stays None). Files written without Parquet's UTF8
     annotation (pandas bytes, older Hive and Spark tables) hold text as binary: decoded, or
@@ -149,16 +172,20 @@ def _texts(values: list[Any], label: str, errors: list[str | None]) -> list[str 
 def _load_images(values: list[Any], rules: RowRules, mode: str, role: str, errors: list[str | None]):
     """Fetch (if URIs) and decode one image column; a failure marks that row only."""
     count = len(values)
+    limit = rules.byte_limit()
     values = [images.cell_value(v) for v in values]
     encoded: list[bytes | Exception | None] = [None] * count
     uri_rows = [i for i, v in enumerate(values) if v is not None and errors[i] is None and images.looks_like_uri(v)]
     uris = {i: images.resolve_uri(values[i], rules.base_dir) for i in uri_rows}
-    for i, data in zip(uri_rows, images.fetch_all(list(uris.values()), rules.storage_options)):
+    fetched = fetch.fetch_all(list(uris.values()), rules.storage_options, limit, rules.allow_http, rules.http_timeout_s)
+    for i, data in zip(uri_rows, fetched):
         encoded[i] = data
     for i, value in enumerate(values):
         if encoded[i] is None and value is not None and i not in uris and errors[i] is None:
             if isinstance(value, (bytes, bytearray, memoryview)):
                 encoded[i] = bytes(value)
+                if len(encoded[i]) > limit:  # one rule for every image, fetched or inline
+                    errors[i] = f"{role}: the '{rules.roles[role]}' cell holds {fetch.too_large(len(value), limit)}"
             else:  # a number, a list: bytes(5) would make five zero bytes, bytes(1.5) raise
                 kind = type(value).__name__
                 errors[i] = f"{role}: the '{rules.roles[role]}' cell holds a {kind}, not image bytes or a path"
@@ -170,7 +197,9 @@ def _load_images(values: list[Any], rules: RowRules, mode: str, role: str, error
             errors[i] = f"{role}: the '{rules.roles[role]}' cell is empty"
             continue
         if isinstance(data, Exception):
-            errors[i] = f"{role}: cannot fetch {uris[i]}: {type(data).__name__}: {data}"
+            # a refusal says what it refused; other errors (missing file, S3 denied) need their type
+            cause = str(data) if isinstance(data, fetch.Refused) else f"{type(data).__name__}: {data}"
+            errors[i] = f"{role}: cannot fetch {fetch.shown(uris[i])}: {cause}"
             continue
         try:
             pixels = images.decode(data, mode, rules.max_image_pixels)
@@ -249,7 +278,7 @@ def canonical_batch(rows, rules: RowRules = RowRules(), done: Iterable[str] = fr
     negatives = _texts(data.get(rules.roles.get("negative_prompt"), [None] * count), "negative_prompt", errors)
     if rules.prompt_required:
         for i, prompt in enumerate(prompts):
-            if not prompt.strip():
+            if _blank(prompt):
                 errors[i] = errors[i] or "prompt: the prompt is empty"
     out: dict[str, np.ndarray] = {
         B.ID: B.object_column(ids),
