@@ -182,6 +182,10 @@ class Lease:
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Renewal and release each write the holder's file: a renewal still in flight when
+        # the run ends must not write "held" over "released".
+        self._writing = threading.Lock()
+        self._released = False
 
     # ------------------------------------------------------------ reading
 
@@ -282,13 +286,16 @@ class Lease:
     def renew(self) -> bool:
         """Write a new renewal time into this run's file; False when the lease was lost (a
         newer generation exists, or this run's file is gone)."""
-        generations = self._generations()
-        if self.generation not in generations or generations[-1] != self.generation:
-            return False
-        holder = Holder(self.run_id, socket.gethostname(), os.getpid(), self.acquired_unix, time.time(),
-                        self.timeout_s, generation=self.generation)
-        storage.write_bytes_atomic(self.fs, self._path(self.generation), holder.to_json())
-        return True
+        with self._writing:
+            if self._released:
+                return True
+            generations = self._generations()
+            if self.generation not in generations or generations[-1] != self.generation:
+                return False
+            holder = Holder(self.run_id, socket.gethostname(), os.getpid(), self.acquired_unix, time.time(),
+                            self.timeout_s, generation=self.generation)
+            storage.write_bytes_atomic(self.fs, self._path(self.generation), holder.to_json())
+            return True
 
     def _beat(self) -> None:
         while not self._stop.wait(self.renew_s):
@@ -316,14 +323,16 @@ class Lease:
             self._thread.join(timeout=30)
         if self.generation is None or self.lost.is_set():
             return
-        try:
-            generations = self._generations()
-            if generations and generations[-1] == self.generation:
-                holder = Holder(self.run_id, socket.gethostname(), os.getpid(), self.acquired_unix, time.time(),
-                                self.timeout_s, released=True, generation=self.generation)
-                storage.write_bytes_atomic(self.fs, self._path(self.generation), holder.to_json())
-        except Exception as error:  # it goes stale after timeout_s instead
-            logger.warning("could not release the lease on %s: %s: %s", self.label, type(error).__name__, error)
+        with self._writing:
+            self._released = True
+            try:
+                generations = self._generations()
+                if generations and generations[-1] == self.generation:
+                    holder = Holder(self.run_id, socket.gethostname(), os.getpid(), self.acquired_unix, time.time(),
+                                    self.timeout_s, released=True, generation=self.generation)
+                    storage.write_bytes_atomic(self.fs, self._path(self.generation), holder.to_json())
+            except Exception as error:  # it goes stale after timeout_s instead
+                logger.warning("could not release the lease on %s: %s: %s", self.label, type(error).__name__, error)
 
     def __enter__(self) -> "Lease":
         self.acquire()
