@@ -28,10 +28,18 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def _run(spec, retry_failed: bool = False) -> int:
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0")
+    return value
+
+
+def _run(spec, retry_failed: bool = False, allow_model_change: bool = False, wait_for_lease_s: float = 0.0) -> int:
     from pipeline.runner import run_job
 
-    summary = run_job(spec, retry_failed=retry_failed)
+    summary = run_job(spec, retry_failed=retry_failed, allow_model_change=allow_model_change,
+                      wait_for_lease_s=wait_for_lease_s)
     for example in summary.errors:
         print(f"synth: failed row {example}", file=sys.stderr)
     print(f"synth: {summary.line()}", flush=True)
@@ -48,7 +56,8 @@ def _run(spec, retry_failed: bool = False) -> int:
 
 
 def cmd_run(args) -> int:
-    return _run(_spec(args), retry_failed=args.retry_failed)
+    return _run(_spec(args), retry_failed=args.retry_failed, allow_model_change=args.allow_model_change,
+                wait_for_lease_s=args.wait_for_lease)
 
 
 def cmd_demo(args) -> int:
@@ -162,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = with_spec("run", "run a job on the cluster at RAY_ADDRESS, or on a local Ray; resumes where it stopped")
     run.add_argument("--retry-failed", action="store_true", help="also rerun the rows that failed last time")
+    run.add_argument(
+        "--allow-model-change", action="store_true",
+        help="resume although a stage's model now resolves to another revision than the one its committed rows "
+        "were made with (recorded in models.json and the run record); without it such a resume is refused",
+    )
+    run.add_argument(
+        "--wait-for-lease", type=_non_negative, default=0.0, metavar="SECONDS",
+        help="while another run writes to the same output, wait up to this long for it to end (default 0: exit 2 "
+        "at once, naming that run)",
+    )
     run.set_defaults(func=cmd_run)
     with_spec("validate", "print the resolved job spec, or name the invalid field").set_defaults(func=cmd_validate)
     demo = commands.add_parser("demo", help="the built-in shapes model draws 36 prompts on local Ray")

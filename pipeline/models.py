@@ -85,6 +85,45 @@ def _fingerprint(entries: list[tuple[str, Any]]) -> str:
     return f"files:{digest[:16]}"
 
 
+@dataclass(frozen=True)
+class _S3Listing:
+    """An s3 model's objects, listed once: all of them (names under the prefix), the ones
+    the download takes ({path: (name, size, ETag)}), and the revision those give."""
+
+    names: list[str]
+    wanted: dict[str, tuple[str, Any, str]]
+    revision: str
+
+
+def _s3_listing(fs, inner: str, model: str, allow_pickle: bool) -> _S3Listing:
+    # Afresh: a listing cached by this process would hide a prefix overwritten since.
+    fs.invalidate_cache(inner)
+    listing = fs.find(inner, detail=True)
+    if not listing:
+        raise ModelError(f"no files under {model}")
+    names = {path: path[len(inner) :].lstrip("/") for path in listing}
+    wanted = {path: (names[path], info.get("size"), info.get("ETag", ""))
+              for path, info in listing.items() if _wanted(names[path], allow_pickle)}
+    return _S3Listing(list(names.values()), wanted, _fingerprint(list(wanted.values())))
+
+
+def is_file_revision(revision: str | None) -> bool:
+    """A `files:` fingerprint (local, built-in and s3 models), as opposed to a hub revision."""
+    return bool(revision) and revision.startswith("files:")
+
+
+def _check_pin(model: str, pinned: str | None, found: str) -> None:
+    """A model whose files no longer give the revision the run pinned: it was rewritten
+    after the driver resolved it (a fine-tune saved over it, an s3 prefix overwritten).
+    Loading it would mix two models' rows in one output, so refuse."""
+    if is_file_revision(pinned) and found != pinned:
+        raise ModelError(
+            f"{model} changed after this run pinned it: its files give revision {found}, the run pinned {pinned}; "
+            "no row is made with a model other than the pinned one. Restore the model, or rerun: the rerun "
+            "refuses the change unless run with --allow-model-change"
+        )
+
+
 def refuse_pickles(files: list[str], model: str) -> None:
     found = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
     if found:
@@ -143,10 +182,15 @@ def check_model_source(
     storage_options: dict[str, Any] | None = None,
     allow_pickle: bool = False,
     kind: str | None = None,
-) -> None:
+) -> str | None:
     """Fail fast (in the driver, before any GPU is held) when a model is missing, holds
     pickle weights that are not allowed, is a hub id that is neither cached nor reachable,
-    or (for `kind`) is an upscaler where a generator is needed or the other way round."""
+    or (for `kind`) is an upscaler where a generator is needed or the other way round.
+
+    Returns the model's revision as the workers will resolve it, computed cheaply: the
+    `files:` fingerprint of a local, built-in or s3 model (names, sizes, times or ETags,
+    config contents), or a hub model's commit (None when the hub names none). A run pins it
+    (see CommitLog.check_models). A `files:` revision given here must match the files."""
     source = model_source(model)
     index = None  # model_index.json's bytes, where reading them costs nothing (not a hub download)
     if source == "s3":
@@ -155,8 +199,10 @@ def check_model_source(
             index = fs.cat_file(storage.join(inner, "model_index.json"))
         except FileNotFoundError:
             raise ModelError(f"no diffusers model at {model}: model_index.json not found there") from None
+        listing = _s3_listing(fs, inner, model, allow_pickle)
+        found = listing.revision
         if not allow_pickle:
-            refuse_pickle_only_components([f[len(inner) :].lstrip("/") for f in fs.find(inner)], model)
+            refuse_pickle_only_components(listing.names, model)
     elif source in ("local", "builtin"):
         folder = builtin_folder(model) if source == "builtin" else Path(model.removeprefix("file://")).expanduser()
         if not (folder / "model_index.json").is_file():
@@ -164,10 +210,14 @@ def check_model_source(
         if not allow_pickle:
             refuse_pickles([p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()], str(folder))
         index = (folder / "model_index.json").read_bytes()
+        found = _local_fingerprint(folder.resolve(), every_byte=source == "builtin")
     else:
-        index = _check_hub(model, revision)
+        index, found = _check_hub(model, revision)
+    if source != "hub":
+        _check_pin(model, revision, found)
     if kind and index:
         _check_kind(model, kind, json.loads(index).get("_class_name", ""))
+    return found
 
 
 def _check_kind(model: str, kind: str, pipeline_class: str) -> None:
@@ -181,9 +231,11 @@ def _check_kind(model: str, kind: str, pipeline_class: str) -> None:
         raise ModelError(f"{model!r} is an upscaler ({pipeline_class}); a {kind} stage needs a text-to-image model")
 
 
-def _check_hub(model: str, revision: str | None) -> bytes | None:
-    """The cached model_index.json's bytes, or None once the hub has answered that it would
-    serve the file. A hub id passes when its model_index.json is cached, or when the hub serves it to
+def _check_hub(model: str, revision: str | None) -> tuple[bytes | None, str | None]:
+    """The cached model_index.json's bytes (None once the hub has answered that it would
+    serve the file), and the commit the revision resolves to: the cached snapshot's (as the
+    workers, which look in the cache first, would load it), else the hub's answer.
+    A hub id passes when its model_index.json is cached, or when the hub serves it to
     this token: one HEAD request that tells a missing repo, a missing revision, a repo that
     is not a diffusers pipeline, and a gated repo whose terms this token has not accepted
     apart. Listing the repo (`model_info`) succeeds for all four."""
@@ -197,12 +249,12 @@ def _check_hub(model: str, revision: str | None) -> bytes | None:
 
     try:
         folder = snapshot_download(model, revision=revision, allow_patterns=["model_index.json"], local_files_only=True)
-        return (Path(folder) / "model_index.json").read_bytes()
+        return (Path(folder) / "model_index.json").read_bytes(), Path(folder).name
     except Exception:
         pass
     at = f" at revision {revision!r}" if revision else ""
     try:
-        get_hf_file_metadata(hf_hub_url(model, "model_index.json", revision=revision), timeout=10)
+        metadata = get_hf_file_metadata(hf_hub_url(model, "model_index.json", revision=revision), timeout=10)
     except GatedRepoError:  # before its parent class, RepositoryNotFoundError
         raise ModelError(
             f"model {model!r} is gated on the Hugging Face hub and this token has no access: accept its "
@@ -225,6 +277,7 @@ def _check_hub(model: str, revision: str | None) -> bytes | None:
             f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and the hub cannot be reached: "
             f"{type(error).__name__}: {str(error)[:200]}{_no_local_folder(model)}"
         ) from None
+    return None, metadata.commit_hash
 
 
 def _no_local_folder(model: str) -> str:
@@ -232,24 +285,29 @@ def _no_local_folder(model: str) -> str:
     return f"; nor is there a local folder {os.path.abspath(model)}" if "/" in model else ""
 
 
-def _download_s3(model: str, storage_options: dict[str, Any] | None, allow_pickle: bool) -> ResolvedModel:
+def _download_s3(
+    model: str, storage_options: dict[str, Any] | None, allow_pickle: bool, pinned: str | None = None
+) -> ResolvedModel:
     """Download an s3:// model once per node into the local cache, then reuse it.
 
     The cache key includes the objects' ETags, so a changed model is fetched again. Several
     actors on one node may start together: a file lock lets one download while the others
     wait, and the finished folder appears by an atomic rename, never half-written.
+    pinned: the `files:` revision the run pinned; a node that has it cached loads it even
+    if the prefix was overwritten since, and one that must download refuses other files.
     """
     import fcntl
 
+    def target_of(revision: str) -> Path:
+        return cache_root() / "models" / (hashlib.sha256(model.encode()).hexdigest()[:16] + "-" + revision.split(":")[1])
+
+    if is_file_revision(pinned) and (target_of(pinned) / "model_index.json").is_file():
+        return ResolvedModel(model, str(target_of(pinned)), pinned)
     fs, inner = storage.filesystem(model, storage_options)
-    listing = fs.find(inner, detail=True)
-    if not listing:
-        raise ModelError(f"no files under {model}")
-    wanted = {path: info for path, info in listing.items() if _wanted(path[len(inner) :].lstrip("/"), allow_pickle)}
-    entries = [(path[len(inner) :].lstrip("/"), info.get("size"), info.get("ETag", "")) for path, info in wanted.items()]
-    revision = _fingerprint(entries)
-    key = hashlib.sha256(model.encode()).hexdigest()[:16] + "-" + revision.split(":")[1]
-    target = cache_root() / "models" / key
+    listing = _s3_listing(fs, inner, model, allow_pickle)
+    revision = listing.revision
+    _check_pin(model, pinned, revision)
+    target = target_of(revision)
     if (target / "model_index.json").is_file():
         return ResolvedModel(model, str(target), revision)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -262,7 +320,7 @@ def _download_s3(model: str, storage_options: dict[str, Any] | None, allow_pickl
                 shutil.rmtree(stale, ignore_errors=True)
             staging = Path(f"{target}.partial-{os.getpid()}")
             try:
-                for path, (rel, _, _) in zip(wanted, entries):
+                for path, (rel, _, _) in listing.wanted.items():
                     local = staging / rel
                     local.parent.mkdir(parents=True, exist_ok=True)
                     fs.get_file(path, str(local))
@@ -295,19 +353,26 @@ def resolve_model(
     model: str, revision: str | None = None, storage_options: dict[str, Any] | None = None, allow_pickle: bool = False
 ) -> ResolvedModel:
     """Turn a spec's `model` into a local folder, downloading it if it is remote (without
-    pickle files unless allowed)."""
+    pickle files unless allowed).
+
+    revision: a hub branch, tag or commit; for local, built-in and s3 models a `files:`
+    revision pins the files: a model whose files give another one raises ModelError
+    rather than load (the driver pins each stage's model this way for its workers)."""
     source = model_source(model)
     if source == "s3":
-        return _download_s3(model, storage_options, allow_pickle)
+        return _download_s3(model, storage_options, allow_pickle, pinned=revision)
     if source == "hub":
         return _resolve_hub(model, revision, allow_pickle)
     if source == "builtin":
         folder = builtin_folder(model)
-        return ResolvedModel(model, str(folder), _local_fingerprint(folder, every_byte=True))
-    folder = Path(model.removeprefix("file://")).expanduser().resolve()
-    if not (folder / "model_index.json").is_file():
-        raise ModelError(f"no diffusers model at {folder}: model_index.json not found there")
-    return ResolvedModel(model, str(folder), _local_fingerprint(folder))
+        found = _local_fingerprint(folder, every_byte=True)
+    else:
+        folder = Path(model.removeprefix("file://")).expanduser().resolve()
+        if not (folder / "model_index.json").is_file():
+            raise ModelError(f"no diffusers model at {folder}: model_index.json not found there")
+        found = _local_fingerprint(folder)
+    _check_pin(model, revision, found)
+    return ResolvedModel(model, str(folder), found)
 
 
 def torch_dtype(name: str, device: str):

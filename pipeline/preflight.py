@@ -123,14 +123,32 @@ def _check_unique_ids(spec: JobSpec, files: list[str]) -> None:
         )
 
 
-def check_models(spec: JobSpec) -> None:
+def check_models(spec: JobSpec) -> list[str | None]:
+    """Each stage's model exists and may load; returns the revision each resolves to now
+    (models.check_model_source), which the run pins for its workers and its resumes."""
+    revisions = []
     for index, stage in enumerate(spec.stages):
         try:
-            check_model_source(stage.model, stage.revision, spec.storage_options, stage.allow_pickle, stage.kind)
+            revisions.append(
+                check_model_source(stage.model, stage.revision, spec.storage_options, stage.allow_pickle, stage.kind)
+            )
         except ModelError as error:
             raise SpecError(f"stages.{index}.model: {error}") from None
         except Exception as error:  # unreachable endpoint, permissions
             raise SpecError(f"stages.{index}.model: cannot reach {stage.model}: {type(error).__name__}: {error}") from None
+    return revisions
+
+
+def pin_models(spec: JobSpec, revisions: list[str | None]) -> JobSpec:
+    """The spec the stage workers get: each stage's `revision` set to the one the driver
+    resolved (a hub commit, or a `files:` fingerprint), so every actor loads that revision
+    or refuses to start (models.resolve_model). The spec written beside the outputs keeps
+    the user's revisions."""
+    data = spec.model_dump()
+    for stage, revision in zip(data["stages"], revisions):
+        if revision:
+            stage["revision"] = revision
+    return JobSpec.model_validate(data)
 
 
 def check_output(spec: JobSpec) -> None:

@@ -75,52 +75,81 @@ def _finish(log: CommitLog, record: RunRecord, started: float, exit_code: int, s
 
 
 
-def run_job(spec: JobSpec, retry_failed: bool = False) -> RunSummary:
+def run_job(spec: JobSpec, retry_failed: bool = False, allow_model_change: bool = False,
+            wait_for_lease_s: float = 0.0) -> RunSummary:
+    """Run a job into its output, resuming what an earlier run of it left.
+
+    allow_model_change: go on when a stage's model resolves to another revision than the
+    one pinned by the output's first run (recorded in models.json and the run record);
+    without it such a resume is refused. wait_for_lease_s: how long to wait while another
+    run writes to the same output before refusing (OutputBusy)."""
     from pipeline import preflight
+    from pipeline.io.commit_log import new_run_id
+    from pipeline.io.done import every_row_committed
     from pipeline.io.writer import OUTPUT_ERROR
     from pipeline.processor import build_dataset
     from pipeline.ray_session import connect_ray, job_data_context
     from pipeline.stages.attempts import start_chunk_attempts
 
     started = time.perf_counter()
-    # 1. Checks that need no cluster: columns, models, output (seconds, no GPU held).
+    # 1. Checks that need no cluster: columns, models, output (seconds, no GPU held). Each
+    # stage's model revision is resolved here, once, and pinned for every worker.
     spec = preflight.absolute_paths(spec)
     columns = preflight.check_input(spec)
-    preflight.check_models(spec)
+    revisions = preflight.check_models(spec)
     preflight.check_output(spec)
+
+    # 2. One writer per output: the job claims it (job.json, created exclusively), then the
+    # run takes its lease; under the lease, the job and the models are checked again
+    # against what earlier runs recorded, before anything is recorded for this run.
     log = CommitLog.of(spec)
-    log.check_same_job(spec)
-    record = log.start_run(spec, retry_failed)
-    summary = None
-    try:
-        # 2. The cluster and a plan that fits it.
-        connect_ray()
-        plan = _plan(spec)
-        with job_data_context(spec.actor_start_timeout_s):
-            log.record_job(spec)
-            swept = storage.sweep_temporary(spec.output.path)
+    log.claim(spec)
+    run_id = new_run_id()
+    with log.lease(run_id, spec, wait_for_lease_s) as lease:
+        log.check_same_job(spec)
+        changes = log.check_models(spec, revisions, allow_model_change)
+        log.record_job(spec, revisions, changes, run_id)
+        record = log.start_run(spec, retry_failed, run_id, revisions, changes)
+        summary = None
+        try:
+            swept = storage.sweep_temporary(spec.output.path)  # under the lease: no writer is mid-write
             if swept:
                 logger.info("removed %d temporary files that killed writers left in %s", swept, spec.output.path)
             skip = log.rows_to_skip(retry_failed)
             source = row_source(spec, columns, frozenset(skip))
-            owners = preflight.override_owners(spec, columns.overrides)
-            dataset = build_dataset(spec, plan, source, owners, start_chunk_attempts())
+            # 3. Nothing left to do: the job's outcome, without Ray or any actor.
+            if every_row_committed(spec, source):
+                logger.info("nothing left to do: every input row is committed in %s", spec.output.path)
+                summary = RunSummary(rows_skipped=len(skip), skipped_failed=_failed(skip))
+            else:
+                # 4. The cluster and a plan that fits it; the workers get the pinned models.
+                connect_ray()
+                plan = _plan(spec)
+                pinned = preflight.pin_models(spec, revisions)
+                with job_data_context(spec.actor_start_timeout_s):
+                    owners = preflight.override_owners(spec, columns.overrides)
+                    dataset = build_dataset(pinned, plan, source, owners, start_chunk_attempts())
 
-            # 3. Stream: each item is one committed chunk's id/status/error.
-            summary = RunSummary(rows_skipped=len(skip),
-                                 skipped_failed=sum(1 for status in skip.values() if status != "ok"))
-            for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-                if summary.first_batch_seconds is None:
-                    summary.first_batch_seconds = time.perf_counter() - started
-                for row_id, status, error in zip(*(batch.column(c).to_pylist() for c in ("id", "status", "error"))):
-                    if status == OUTPUT_ERROR:
-                        raise storage.OutputWriteError(error)
-                    summary.add(row_id, status, error)
-        summary.wall_seconds = time.perf_counter() - started
-    except BaseException as error:
-        text = str(error).strip().splitlines()
-        message = str(error) if isinstance(error, storage.OutputWriteError) else f"{type(error).__name__}: {text[-1] if text else ''}"
-        _finish(log, record, started, 2, summary, message[:500])
-        raise
-    _finish(log, record, started, summary.exit_code(spec.max_failed_fraction), summary)
+                    # 5. Stream: each item is one committed chunk's id/status/error.
+                    summary = RunSummary(rows_skipped=len(skip), skipped_failed=_failed(skip))
+                    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                        lease.check()  # another run took the output over: stop writing beside it
+                        if summary.first_batch_seconds is None:
+                            summary.first_batch_seconds = time.perf_counter() - started
+                        for row_id, status, error in zip(*(batch.column(c).to_pylist() for c in ("id", "status", "error"))):
+                            if status == OUTPUT_ERROR:
+                                raise storage.OutputWriteError(error)
+                            summary.add(row_id, status, error)
+            summary.wall_seconds = time.perf_counter() - started
+        except BaseException as error:
+            text = str(error).strip().splitlines()
+            message = str(error) if isinstance(error, storage.OutputWriteError) else (
+                f"{type(error).__name__}: {text[-1] if text else ''}")
+            _finish(log, record, started, 2, summary, message[:500])
+            raise
+        _finish(log, record, started, summary.exit_code(spec.max_failed_fraction), summary)
     return summary
+
+
+def _failed(committed: dict[str, str]) -> int:
+    return sum(1 for status in committed.values() if status != "ok")

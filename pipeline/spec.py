@@ -160,10 +160,26 @@ class OutputSpec(Strict):
     storage_options: dict[str, Any] | None = Field(
         None, description="s3fs options for the output only; override the top-level storage_options."
     )
+    lease_timeout_s: float = Field(
+        300,
+        gt=0,
+        description="A run holds a lease on the output while it writes; a lease not renewed for this long "
+        "(its run was killed) is taken over by the next run. Longer rides out a paused driver or a storage "
+        "outage; shorter frees the output of a killed run sooner. Hosts' clocks must agree to well within it.",
+    )
+    lease_renew_s: float = Field(
+        30, gt=0, description="How often the running driver renews its lease; at most half of lease_timeout_s."
+    )
 
     @model_validator(mode="after")
     def _no_credentials(self) -> "OutputSpec":
         _check_no_credentials(self.storage_options)
+        if self.lease_renew_s * 2 > self.lease_timeout_s:
+            raise FieldError(
+                "lease_renew_s",
+                f"{self.lease_renew_s:g} is more than half of lease_timeout_s ({self.lease_timeout_s:g}): one late "
+                "renewal would let another run take the lease over",
+            )
         return self
 
 

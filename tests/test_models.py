@@ -16,11 +16,55 @@ def test_a_local_model_saved_over_with_same_size_weights_gets_a_new_revision(tin
     shutil.copytree(tiny["txt2img"], folder)
     before = resolve_model(str(folder)).revision
     assert resolve_model(str(folder)).revision == before  # stable while nothing changes
-    weights = next(folder.glob("unet/*.safetensors"))
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0xFF  # a fine-tune saved over the old file: same name, same size
-    weights.write_bytes(bytes(data))
+    flip_last_byte(next(folder.glob("unet/*.safetensors")))
     assert resolve_model(str(folder)).revision != before
+
+
+def flip_last_byte(file: Path) -> None:
+    """A fine-tune saved over the old weights: same name, same size, other bytes."""
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+def test_a_worker_refuses_a_local_model_that_changed_after_the_driver_pinned_it(tiny, tmp_path):
+    from pipeline.models import ModelError, check_model_source
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny["txt2img"], folder)
+    pinned = check_model_source(str(folder))  # the driver's revision, cheap: no weights read
+    assert pinned == resolve_model(str(folder)).revision
+    assert resolve_model(str(folder), pinned).revision == pinned
+    flip_last_byte(next(folder.glob("unet/*.safetensors")))
+    with pytest.raises(ModelError, match=rf"changed after this run pinned it: its files give revision files:\w+, "
+                                         rf"the run pinned {pinned}"):
+        resolve_model(str(folder), pinned)
+    with pytest.raises(ModelError, match="changed after this run pinned it"):
+        check_model_source(str(folder), pinned)  # a `files:` revision in a spec pins the files too
+    assert check_model_source("synth:shapes") == resolve_model("synth:shapes").revision
+
+
+def test_a_pinned_s3_model_loads_from_the_node_cache_or_not_at_all(tiny, s3):
+    from pipeline.models import ModelError, check_model_source
+
+    bucket, options, fs = s3
+    model = f"{bucket}/models/pinned"
+    upload_folder(fs, Path(tiny["txt2img"]), model)
+    pinned = check_model_source(model, storage_options=options)
+    first = resolve_model(model, pinned, storage_options=options)
+    assert first.revision == pinned
+    # The prefix is overwritten mid-run: a node that holds the pinned files still loads them...
+    weights = next(Path(tiny["txt2img"]).glob("unet/*.safetensors"))
+    changed = bytearray(weights.read_bytes())
+    changed[-1] ^= 0xFF
+    fs.pipe_file(f"{model}/unet/{weights.name}", bytes(changed))
+    assert check_model_source(model, storage_options=options) != pinned
+    assert resolve_model(model, pinned, storage_options=options) == first
+    # ...and one that would have to download them refuses the other files.
+    shutil.rmtree(first.path)
+    with pytest.raises(ModelError, match=f"{model} changed after this run pinned it"):
+        resolve_model(model, pinned, storage_options=options)
+    assert resolve_model(model, storage_options=options).revision != pinned  # unpinned: the new files
 
 
 def test_a_failed_s3_model_download_leaves_no_partial_folder(tiny, s3):
@@ -134,13 +178,13 @@ from pipeline.models import ModelError, check_model_source
 for model, revision in [("org/pipeline", None), ("org/gated", None), ("org/nothing", None),
                         ("org/pipeline", "v9"), ("org/text-encoder-only", None)]:
     try:
-        check_model_source(model, revision)
-        print(model, "ok")
+        print(model, "ok", check_model_source(model, revision))
     except ModelError as error:
         print(model, error)
 """
     env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
-    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}", HF_HOME=str(tmp_path / "hf"))
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}", HF_HOME=str(tmp_path / "hf"),
+               PYTHONPATH=str(Path(__file__).parents[1]))  # this checkout's pipeline, from any folder
     try:
         result = subprocess.run(
             [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env
@@ -149,7 +193,7 @@ for model, revision in [("org/pipeline", None), ("org/gated", None), ("org/nothi
         server.shutdown()
     lines = result.stdout.splitlines()
     assert result.returncode == 0, result.stderr
-    assert lines[0] == "org/pipeline ok"
+    assert lines[0] == f"org/pipeline ok {'0' * 40}"  # the commit the hub answers with: the run pins it
     assert lines[1].startswith("org/gated model 'org/gated' is gated") and "accept its terms" in lines[1]
     assert "is not on the Hugging Face hub, or is private" in lines[2]
     assert "has no revision 'v9'" in lines[3]

@@ -1,5 +1,6 @@
 """Resume without duplicates, per-row errors, faults survived, hostile input refused."""
 
+import json
 import os
 import signal
 import subprocess
@@ -28,12 +29,14 @@ def prompts_table(tmp_path):
 
 
 def slow_job(table, out, tiny):
-    # 12 chunks of 2 rows, each slow enough (20 steps, 64 px) to be interrupted mid-run
+    # 12 chunks of 2 rows, each slow enough (20 steps, 64 px) to be interrupted mid-run; a
+    # killed run's lease goes stale after 4 s
     return job(
         table,
         str(out),
         [stage("txt2img", tiny["txt2img"], steps=20, width=64, height=64)],
         input={"path": table, "id_column": "id"},
+        output={"path": str(out), "lease_timeout_s": 4, "lease_renew_s": 1},
     )
 
 
@@ -79,7 +82,11 @@ def test_driver_sigkill_then_rerun_commits_each_row_once_with_clean_bytes(ray_cl
     assert 0 < committed_at_kill < ROWS // 2, "the kill should land mid-run"
     time.sleep(2)  # let the cluster reap the dead driver's tasks
 
-    summary = run_job(parse_spec(slow_job(table, out, tiny)))
+    # The dead driver's lease is still fresh: the rerun waits until it is stale, then takes it over.
+    [killed_lease] = (out / "lease").glob("*.json")
+    summary = run_job(parse_spec(slow_job(table, out, tiny)), wait_for_lease_s=60)
+    [lease] = (out / "lease").glob("*.json")
+    assert int(lease.stem) == int(killed_lease.stem) + 1 and json.loads(lease.read_text())["released"]
     assert summary.rows_skipped >= 2 * committed_at_kill - 2
     assert summary.rows_skipped + summary.rows_ok == ROWS
     assert_same_as_clean(read_metadata(str(out)), clean_rows)

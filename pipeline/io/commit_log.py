@@ -3,8 +3,12 @@ a record of every run that wrote to it. One class owns all of it.
 
 Under the output prefix:
 - `job.json`: the resolved spec of the job the output belongs to; a run of a different job
-  (an image-defining field changed) is refused. `row_ids.json`: how rows without an id
-  column got their ids (keys.ROW_ID_SCHEME).
+  (an image-defining field changed) is refused. The first run creates it exclusively, so
+  of two runs of different jobs started together into a new output, one is refused.
+  `row_ids.json`: how rows without an id column got their ids (keys.ROW_ID_SCHEME).
+- `models.json`: the revision of each stage's model that the first run resolved; a resume
+  whose model resolves to another one is refused, or with allow_change recorded there.
+- `lease/`: the lease of the run writing now (pipeline/io/lease.py): one writer at a time.
 - `metadata/part-*.parquet`: the commit log itself. A chunk's rows are committed when its
   metadata file appears, written atomically after every image of the chunk, so metadata
   never points at an image that is not written, and a rerun of a chunk overwrites the same
@@ -27,6 +31,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pipeline import storage
+from pipeline.io.lease import Lease, create_exclusive
 from pipeline.keys import ROW_ID_SCHEME, batch_name
 from pipeline.spec import JobSpec, SpecError, resolved_dict
 
@@ -89,7 +94,9 @@ class RunRecord:
     first_image_seconds: float | None = None
     rows: dict[str, int] = field(default_factory=dict)  # ok, failed, skipped, skipped_failed
     images_per_second: float | None = None
-    ray_job_id: str | None = None
+    ray_job_id: str | None = None  # None when the run ended without starting Ray (nothing left to do)
+    models: list[dict[str, Any]] = field(default_factory=list)  # per stage: model, revision
+    model_changes: list[dict[str, Any]] = field(default_factory=list)  # revisions changed since the pin
 
     def finish(self, exit_code: int, wall_seconds: float, summary=None, message: str | None = None,
                ray_job_id: str | None = None) -> None:
@@ -110,6 +117,10 @@ class RunRecord:
         return f"{self.started_at.replace('-', '').replace(':', '')}-{self.run_id}.json"
 
 
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
 class CommitLog:
     """The commit log of one output (a local folder or an s3:// prefix). Plain data: the
     writer tasks carry it to commit their chunks."""
@@ -127,8 +138,10 @@ class CommitLog:
 
     def _read_json(self, name: str) -> Any | None:
         fs, root = self._fs()
-        path = storage.join(root, name)
-        return json.loads(fs.cat_file(path)) if fs.exists(path) else None
+        try:  # not exists() then read: s3fs may answer exists() from a cached listing
+            return json.loads(fs.cat_file(storage.join(root, name)))
+        except FileNotFoundError:
+            return None
 
     @staticmethod
     def _is_part(path: str, suffix: str) -> bool:
@@ -153,6 +166,22 @@ class CommitLog:
         """job.json as written (not validated: an older output's spec may not parse now),
         None where there is none. Raises ValueError when it is not JSON."""
         return self._read_json("job.json")
+
+    def claim(self, spec: JobSpec) -> None:
+        """Make the output this job's before anything else is written to it: create job.json
+        exclusively when there is none (a local hard link, a conditional PUT on S3), else
+        check that it is this job's. Of two runs of different jobs that start together on
+        a new output, exactly one creates it and the other is refused."""
+        fs, root = self._fs()
+        data = json.dumps(resolved_dict(spec), indent=2).encode()
+        if self._read_json("job.json") is None and create_exclusive(fs, storage.join(root, "job.json"), data) != "exists":
+            return
+        self.check_same_job(spec)
+
+    def lease(self, run_id: str, spec: JobSpec, wait_s: float = 0.0) -> Lease:
+        """The output's lease for this run (`with log.lease(...)`: taken, renewed, released)."""
+        fs, root = self._fs()
+        return Lease(fs, root, self.path, run_id, spec.output.lease_renew_s, spec.output.lease_timeout_s, wait_s)
 
     def check_same_job(self, spec: JobSpec) -> None:
         """Refuse to resume into an output that a different spec wrote (its job.json), or
@@ -191,10 +220,60 @@ class CommitLog:
                 "Run into a new output path"
             )
 
-    def record_job(self, spec: JobSpec) -> None:
-        """Write job.json and row_ids.json: the output belongs to this job from now on."""
+    def record_job(self, spec: JobSpec, revisions: list[str | None] | None = None,
+                   changes: list[dict[str, Any]] = (), run_id: str | None = None) -> None:
+        """Write job.json and row_ids.json: the output belongs to this job from now on. With
+        revisions (each stage's, as the driver resolved them), pin them in models.json; the
+        changes check_models allowed go into its history."""
         self._write_json("job.json", resolved_dict(spec))
         self._write_json("row_ids.json", {"scheme": ROW_ID_SCHEME, "about": "how rows without input.id_column got their ids"})
+        if revisions is None:
+            return
+        now = _utc(time.time())
+        before = self._read_json("models.json") or {}
+        pinned = {entry["stage"]: entry for entry in before.get("stages", [])}
+        stages = []
+        for index, (stage, revision) in enumerate(zip(spec.stages, revisions)):
+            entry = pinned.get(index)
+            if entry is None or (entry["model"], entry["revision"]) != (stage.model, revision):
+                entry = {"stage": index, "model": stage.model, "revision": revision, "pinned_at": now, "run_id": run_id}
+            stages.append(entry)
+        history = before.get("history", []) + [{**change, "at": now, "run_id": run_id} for change in changes]
+        self._write_json("models.json", {
+            "about": "each stage's model revision, pinned by the first run; a run whose model resolves to another "
+                     "revision is refused unless run with --allow-model-change, and its change is listed in history",
+            "stages": stages,
+            "history": history,
+        })
+
+    def check_models(self, spec: JobSpec, revisions: list[str | None], allow_change: bool = False) -> list[dict]:
+        """Compare each stage's model revision, as the driver resolved it now, with the one
+        pinned in models.json. When rows are committed, a change would mix two models'
+        images in one output: refused (SpecError naming the stage and both revisions),
+        unless allow_change. Returns the changes to record (also those before any row was
+        committed, which mix nothing)."""
+        pinned = {entry["stage"]: entry for entry in (self._read_json("models.json") or {}).get("stages", [])}
+        committed = bool(self._metadata_files())
+        changes = []
+        for index, (stage, revision) in enumerate(zip(spec.stages, revisions)):
+            entry = pinned.get(index)
+            if entry is None or None in (entry["revision"], revision) or entry["revision"] == revision:
+                continue
+            if entry["model"] == stage.model and committed and not allow_change:
+                raise SpecError(
+                    f"stages.{index}.model: {stage.model} now resolves to revision {revision}, but the rows "
+                    f"committed in {self.path} were made with revision {entry['revision']} (pinned by run "
+                    f"{entry['run_id']} at {entry['pinned_at']}): a resume would mix two models' images in one "
+                    "output. Use a new output.path, restore the model, or run with --allow-model-change to go on "
+                    "with the new revision (recorded in models.json and the run record)"
+                )
+            reason = ("--allow-model-change" if committed and entry["model"] == stage.model
+                      else "no row was committed yet" if not committed else "another model (job.json was removed)")
+            changes.append({"stage": index, "model": stage.model, "from": entry["revision"], "to": revision,
+                            "reason": reason})
+            logger.warning("stages.%d.model: %s now resolves to revision %s (was %s); %s", index, stage.model,
+                           revision, entry["revision"], reason)
+        return changes
 
     # ------------------------------------------------------------ committed rows
 
@@ -272,16 +351,21 @@ class CommitLog:
 
     # ------------------------------------------------------------ runs
 
-    def start_run(self, spec: JobSpec, retry_failed: bool) -> RunRecord:
-        """Record a run as started (runs/<start>-<run id>.json, status "running")."""
+    def start_run(self, spec: JobSpec, retry_failed: bool, run_id: str | None = None,
+                  revisions: list[str | None] = (), changes: list[dict[str, Any]] = ()) -> RunRecord:
+        """Record a run as started (runs/<start>-<run id>.json, status "running"), with the
+        revision of each stage's model and the changes from the pinned ones it was allowed."""
         canonical = json.dumps(resolved_dict(spec), sort_keys=True).encode()
         record = RunRecord(
-            run_id=uuid.uuid4().hex[:8],
+            run_id=run_id or new_run_id(),
             started_at=_utc(time.time()),
             spec_sha256=hashlib.sha256(canonical).hexdigest(),
             retry_failed=retry_failed,
             synth_version=_synth_version(),
             host=socket.gethostname(),
+            models=[{"stage": index, "model": stage.model, "revision": revision}
+                    for index, (stage, revision) in enumerate(zip(spec.stages, revisions))],
+            model_changes=list(changes),
         )
         self.write_run(record)
         return record

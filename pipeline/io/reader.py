@@ -248,3 +248,15 @@ def read_input(spec: JobSpec, columns: list[str], task_cpus: float, driver_max_b
         schema=schema,
         num_cpus=task_cpus,
     )
+
+
+def read_if_small(spec: JobSpec, columns: list[str], schema=None):
+    """The input's rows as one pyarrow table, as read_input's driver read gives them, when
+    the input is within that read's limits (few files, at most DRIVER_READ_MAX_BYTES); else
+    None, without reading anything."""
+    fs, files = input_files(spec.input.path, spec.input_storage_options(), spec.output.path)
+    sizes = _sizes_if_small(fs, files, DRIVER_READ_MAX_BYTES)
+    if sizes is None:
+        return None
+    table = _read_on_driver(fs, files, sizes, columns, schema)
+    return table.select(schema.names).cast(schema) if schema is not None else table
