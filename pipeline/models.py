@@ -157,22 +157,39 @@ def refuse_pickle_only_components(files: list[str], model: str) -> None:
         )
 
 
+_SAMPLE_BLOCK = 1 << 16
+_SAMPLE_BLOCKS = 16
+
+
+def _content_digest(file: Path, size: int, every_byte: bool) -> str:
+    """A file's bytes hashed: all of a small file (or with every_byte), else 16 blocks of
+    64 KiB spread over it, the first and last included: 1 MiB read for a multi-GB weight file,
+    and a fine-tune saved over the old weights (same size, other bytes) changes every block."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        if every_byte or size <= _SAMPLE_BLOCK * _SAMPLE_BLOCKS:
+            digest.update(handle.read())
+        else:
+            last = size - _SAMPLE_BLOCK
+            for i in range(_SAMPLE_BLOCKS):
+                handle.seek(last * i // (_SAMPLE_BLOCKS - 1))
+                digest.update(handle.read(_SAMPLE_BLOCK))
+    return digest.hexdigest()
+
+
 def _local_fingerprint(folder: Path, every_byte: bool = False) -> str:
-    """Names, sizes and modification times of every file plus the content of the small
-    config files: cheap even for multi-GB weights, and it changes whenever a file is
-    rewritten (a fine-tune saved over the old weights keeps their sizes). A copy that does
-    not keep modification times gets a new fingerprint for the same bytes. every_byte:
-    the contents of every file instead of times, for a small model that is copied around
-    (the built-in one travels to each node in Ray's package, which resets the times)."""
+    """The files the loader reads (model_index.json, each component's configs, tokenizer
+    files and weights; not a .git folder, a README or a cache), by name, size and content
+    (see _content_digest): a copy or a touch keeps it, a rewritten file changes it, and on a
+    cluster every node's copy of the same model gives the same one. every_byte: hash whole
+    files (the small built-in model)."""
     entries = []
     for file in sorted(folder.rglob("*")):
-        if not file.is_file():
-            continue
         rel = file.relative_to(folder).as_posix()
-        stat = file.stat()
-        hashed = every_byte or file.suffix == ".json"
-        content = hashlib.sha256(file.read_bytes()).hexdigest() if hashed else ""
-        entries.append((rel, stat.st_size, None if every_byte else stat.st_mtime_ns, content))
+        if not file.is_file() or not _wanted(rel, allow_pickle=True):
+            continue
+        size = file.stat().st_size
+        entries.append((rel, size, _content_digest(file, size, every_byte)))
     return _fingerprint(entries)
 
 

@@ -16,9 +16,9 @@ class OutputWriteError(RuntimeError):
     the job ends, exit 2, with this one line. Raised in tasks, it reaches the driver whole."""
 
     @classmethod
-    def of(cls, output_path: str, error: BaseException) -> "OutputWriteError":
+    def of(cls, output_path: str, error: BaseException, doing: str = "write to") -> "OutputWriteError":
         cause = str(error) or type(error).__name__
-        return cls(f"output.path: cannot write to {output_path}: {cause}")
+        return cls(f"output.path: cannot {doing} {output_path}: {cause}")
 
 
 def is_remote(path: str) -> bool:
@@ -93,13 +93,15 @@ def write_bytes_atomic(fs, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
-def sweep_temporary(path: str) -> int:
+def sweep_temporary(path: str, keep: tuple[str, ...] = ("lease",)) -> int:
     """Remove the temporary files that killed writers left under a local output folder;
-    return how many. Only while no other run writes there (it holds the output's lease)."""
+    return how many. Only while no other run writes there (it holds the output's lease);
+    folders named in `keep` (where runs that want the lease write) are left alone."""
     if is_remote(path) or not os.path.isdir(path.removeprefix("file://")):
         return 0
     swept = 0
-    for folder, _, names in os.walk(path.removeprefix("file://")):
+    for folder, subfolders, names in os.walk(path.removeprefix("file://")):
+        subfolders[:] = [name for name in subfolders if name not in keep]
         for name in names:
             if name.startswith(".") and TEMPORARY in name:
                 with contextlib.suppress(OSError):

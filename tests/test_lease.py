@@ -102,6 +102,36 @@ def test_a_lease_written_with_an_old_heartbeat_by_another_host_is_taken_over(out
         assert written["run_id"] == "next" and written["renewed_at"].endswith("Z")
 
 
+def test_a_fresh_lease_of_a_dead_process_on_this_host_is_taken_at_once_and_a_live_one_is_not(output):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    fs, root = output
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(finished.stdout)
+    now = time.time()
+    held = Holder("killed", socket.gethostname(), dead, now, now, timeout_s=300)
+    assert create_exclusive(fs, storage.join(root, "lease", "000000000003.json"), held.to_json()) == "created"
+    with lease(output, "next") as taker:  # no waiting for 300 s
+        assert taker.generation == 4
+    alive = Holder("alive", socket.gethostname(), os.getpid(), now, now, timeout_s=300, generation=5)
+    assert create_exclusive(fs, storage.join(root, "lease", "000000000005.json"), alive.to_json()) == "created"
+    with pytest.raises(OutputBusy, match="run alive on host"):
+        lease(output, "third").acquire()
+
+
+def test_a_holder_that_cannot_renew_stands_down_before_its_lease_can_go_stale(output):
+    fs, root = output
+    holder = lease(output, "cut-off", renew_s=0.2, timeout_s=1.0)
+    with holder:
+        holder.renew = lambda: (_ for _ in ()).throw(OSError("the store is unreachable"))
+        time.sleep(1.6)
+        with pytest.raises(LeaseLost):
+            holder.check()
+
+
 def test_create_exclusive_creates_once(output):
     fs, root = output
     path = storage.join(root, "job.json")

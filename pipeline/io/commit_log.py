@@ -19,6 +19,7 @@ Under the output prefix:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -41,7 +42,9 @@ logger = logging.getLogger("synth.commit")
 # change between a run and its resume; these may not, or one output would mix two jobs.
 _OUTPUT_DEFINING = ("seed", "input.path", "input.id_column", "input.columns", "input.overrides", "output.format",
                     "output.quality", "output.png_compress_level")
-_STAGE_RESOURCES = ("replicas", "gpus", "cpus")
+# Stage fields that do not: resources, and `revision`, since which weights made the rows is
+# pinned by the revision they resolve to (models.json), so naming the pinned commit is no change.
+_STAGE_NOT_DEFINING = ("replicas", "gpus", "cpus", "revision")
 _ABSENT = object()
 
 
@@ -57,9 +60,23 @@ def _defining(data: dict) -> dict:
             picked[dotted] = node
     for index, stage in enumerate(data.get("stages", [])):
         for key, value in stage.items():
-            if key not in _STAGE_RESOURCES:
+            if key not in _STAGE_NOT_DEFINING:
                 picked[f"stages.{index}.{key}"] = value
     return picked
+
+
+def _output_io(method):
+    """A storage failure in the driver's work on the output (listing, reading, removing a
+    chunk, taking the lease) ends the job with exit 2 and one line, like the writers'."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as error:
+            raise storage.OutputWriteError.of(self.path, error, "use") from None
+
+    return guarded
 
 
 def _utc(timestamp: float) -> str:
@@ -167,6 +184,7 @@ class CommitLog:
         None where there is none. Raises ValueError when it is not JSON."""
         return self._read_json("job.json")
 
+    @_output_io
     def claim(self, spec: JobSpec) -> None:
         """Make the output this job's before anything else is written to it: create job.json
         exclusively when there is none (a local hard link, a conditional PUT on S3), else
@@ -183,6 +201,7 @@ class CommitLog:
         fs, root = self._fs()
         return Lease(fs, root, self.path, run_id, spec.output.lease_renew_s, spec.output.lease_timeout_s, wait_s)
 
+    @_output_io
     def check_same_job(self, spec: JobSpec) -> None:
         """Refuse to resume into an output that a different spec wrote (its job.json), or
         whose rows' ids an older synth computed."""
@@ -220,6 +239,7 @@ class CommitLog:
                 "Run into a new output path"
             )
 
+    @_output_io
     def record_job(self, spec: JobSpec, revisions: list[str | None] | None = None,
                    changes: list[dict[str, Any]] = (), run_id: str | None = None) -> None:
         """Write job.json and row_ids.json: the output belongs to this job from now on. With
@@ -246,6 +266,7 @@ class CommitLog:
             "history": history,
         })
 
+    @_output_io
     def check_models(self, spec: JobSpec, revisions: list[str | None], allow_change: bool = False) -> list[dict]:
         """Compare each stage's model revision, as the driver resolved it now, with the one
         pinned in models.json. When rows are committed, a change would mix two models'
@@ -253,7 +274,7 @@ class CommitLog:
         unless allow_change. Returns the changes to record (also those before any row was
         committed, which mix nothing)."""
         pinned = {entry["stage"]: entry for entry in (self._read_json("models.json") or {}).get("stages", [])}
-        committed = bool(self._metadata_files())
+        committed = bool(self.metadata_files())
         changes = []
         for index, (stage, revision) in enumerate(zip(spec.stages, revisions)):
             entry = pinned.get(index)
@@ -277,6 +298,7 @@ class CommitLog:
 
     # ------------------------------------------------------------ committed rows
 
+    @_output_io
     def metadata_files(self) -> list[str]:
         """Every committed chunk's metadata file, sorted."""
         fs, root = self._fs()
@@ -296,6 +318,7 @@ class CommitLog:
         pq.write_table(table, buffer)
         self._write(f"metadata/{batch_name(table.column('id').to_pylist())}.parquet", buffer.getvalue())
 
+    @_output_io
     def committed(self) -> dict[str, str]:
         """id -> status of every committed row ("ok" wins over a failed copy)."""
         import pyarrow.parquet as pq
@@ -310,6 +333,7 @@ class CommitLog:
                     rows[row_id] = status
         return rows
 
+    @_output_io
     def uncommit(self, ids: set[str]) -> set[str]:
         """Remove every chunk (metadata file) that holds one of these rows, and return the
         ids of all rows removed.
@@ -373,6 +397,7 @@ class CommitLog:
     def write_run(self, record: RunRecord) -> None:
         self._write_json(f"runs/{record.file_name()}", asdict(record))
 
+    @_output_io
     def run_records(self, newest: int | None = None) -> tuple[list[tuple[str, Any]], int]:
         """The newest run records, oldest first (file names start with the start time), each
         as (file name, its JSON, or the error that kept it from being read); and how many

@@ -18,6 +18,7 @@ agree to well within timeout_s.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -81,7 +82,10 @@ def _create_local(path: str, data: bytes) -> bool:
             handle.write(data)
         return True
     finally:
-        os.unlink(tmp)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
 def _unsupported(error: Exception) -> bool:
@@ -92,6 +96,15 @@ def _unsupported(error: Exception) -> bool:
     text = f"{type(error).__name__} {error}"
     return any(word in text for word in ("NotImplemented", "not implemented", "If-None-Match", "IfNoneMatch",
                                          "not supported", "Unsupported"))
+
+
+def _lost_race(error: Exception) -> bool:
+    """A conditional PUT that another writer's won: AWS answers 409 ConditionalRequestConflict
+    to concurrent ones (s3fs: EBUSY), some stores 412 without naming the condition."""
+    text = str(error)
+    return isinstance(error, OSError) and (
+        error.errno == errno.EBUSY or "ConditionalRequestConflict" in text or "PreconditionFailed" in text
+    )
 
 
 _warned_unconditional = False
@@ -115,6 +128,8 @@ def create_exclusive(fs, path: str, data: bytes) -> Literal["created", "exists",
     except FileExistsError:
         return "exists"
     except Exception as error:
+        if _lost_race(error):
+            return "exists"
         if not _unsupported(error):
             raise
         if not _warned_unconditional:
@@ -158,6 +173,19 @@ class Holder:
 
     def stale(self, now: float) -> bool:
         return now - self.renewed_unix > self.timeout_s
+
+    def dead_here(self) -> bool:
+        """Held by a process of this host that no longer exists (a killed run): the lease
+        need not go stale first. A pid reused since only makes the next run wait for that."""
+        if self.released or self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # another user's live process
+            return False
+        return False
 
     def describe(self, now: float) -> str:
         return (f"run {self.run_id} on host {self.host} (pid {self.pid}), holding it since "
@@ -241,11 +269,12 @@ class Lease:
         while True:
             holder = self.current()
             now = time.time()
-            if holder is None or holder.released or holder.stale(now):
+            if holder is None or holder.released or holder.stale(now) or holder.dead_here():
                 if holder is not None and not holder.released:
                     logger.warning("taking over the lease on %s from %s: it is stale (not renewed for %g s)",
                                    self.label, holder.describe(now), holder.timeout_s)
-                if self._take(holder.generation + 1 if holder else 1):
+                # Past the highest generation, also when the newest file could not be read.
+                if self._take(max(self._generations(), default=0) + 1):
                     return
                 continue  # another run took it first: look again
             if time.monotonic() >= deadline:
@@ -292,20 +321,32 @@ class Lease:
             generations = self._generations()
             if self.generation not in generations or generations[-1] != self.generation:
                 return False
+            written = self._read(self.generation)
+            if written is None or written.run_id != self.run_id:  # a racer holds this generation
+                return False
             holder = Holder(self.run_id, socket.gethostname(), os.getpid(), self.acquired_unix, time.time(),
                             self.timeout_s, generation=self.generation)
             storage.write_bytes_atomic(self.fs, self._path(self.generation), holder.to_json())
             return True
 
     def _beat(self) -> None:
+        renewed = time.monotonic()
         while not self._stop.wait(self.renew_s):
             try:
                 if not self.renew():
                     logger.error("the lease on %s was taken over by another run: this run stops", self.label)
                     self.lost.set()
                     return
+                renewed = time.monotonic()
             except Exception as error:  # the store is unreachable for now: try again next beat
                 logger.warning("could not renew the lease on %s: %s: %s", self.label, type(error).__name__, error)
+                # Before another run may find the lease stale, this one stands down: it
+                # cannot tell whether the store still sees it, and two runs must never write.
+                if time.monotonic() - renewed > self.timeout_s - self.renew_s:
+                    logger.error("the lease on %s went unrenewed for %g s: this run stops", self.label,
+                                 time.monotonic() - renewed)
+                    self.lost.set()
+                    return
 
     def check(self) -> None:
         """Raise LeaseLost once another run has taken this run's lease over."""
@@ -335,7 +376,10 @@ class Lease:
                 logger.warning("could not release the lease on %s: %s: %s", self.label, type(error).__name__, error)
 
     def __enter__(self) -> "Lease":
-        self.acquire()
+        try:
+            self.acquire()
+        except OSError as error:  # the store failed us: exit 2 and one line, as for other output I/O
+            raise storage.OutputWriteError.of(self.label, error, "use") from None
         self._thread = threading.Thread(target=self._beat, name="synth-lease", daemon=True)
         self._thread.start()
         return self

@@ -26,7 +26,11 @@ class ChunkAttempts:
 
 
 def start_chunk_attempts():
-    """The run's counter, as a Ray actor handle that stage workers take."""
+    """The run's counter, as a Ray actor handle that stage workers take. It lives on the
+    driver's node, which the job cannot outlive anyway, and Ray restarts it if it dies (the
+    counts then start again: a chunk costs a few more deaths, no more)."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return ray.remote(ChunkAttempts).options(num_cpus=0).remote()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(ChunkAttempts).options(num_cpus=0, max_restarts=-1, scheduling_strategy=here).remote()

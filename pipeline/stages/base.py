@@ -7,6 +7,7 @@ directly, and may hand it a pipeline they already loaded.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -18,6 +19,8 @@ from pipeline.keys import batch_name, stage_seed
 from pipeline.params import ROW_PARAMS
 from pipeline.record import WORKER_FIELDS
 from pipeline.stages.timing import PartTimer
+
+logger = logging.getLogger("synth.stages")
 
 
 @dataclass
@@ -256,7 +259,12 @@ class StageWorker:
         import ray
 
         chunk = f"s{self.index}-{batch_name([str(row_id) for row_id in batch[B.ID]])}"
-        return chunk, ray.get(self.attempts.begin.remote(chunk))
+        try:
+            return chunk, ray.get(self.attempts.begin.remote(chunk), timeout=60)
+        except Exception as error:  # the counter is a guard, not a reason to fail the chunk
+            logger.warning("stages.%d: the chunk attempt counter did not answer (%s); running the chunk",
+                           self.index, type(error).__name__)
+            return None, 0
 
     def _end(self, chunk: str | None) -> None:
         if chunk is not None:
