@@ -65,6 +65,12 @@ def cmd_demo(args) -> int:
     return code
 
 
+def cmd_serve(args) -> int:
+    from serve.run import serve_forever
+
+    return serve_forever(args.config, args.host, args.port)
+
+
 def cmd_tiny_model(args) -> int:
     from pipeline.tiny_models import write_tiny_model
 
@@ -204,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--storage-options", default=None, metavar="JSON",
                         help="s3fs options as JSON (default: the output's own, from its job.json)")
     report.set_defaults(func=cmd_report)
+    served = commands.add_parser("serve", help="an OpenAI Images-compatible HTTP endpoint on Ray Serve "
+                                 "(default: the built-in shapes model on 127.0.0.1:8000)")
+    served.add_argument("config", nargs="?", default=None, help="serve config, YAML or JSON (see serve/README.md)")
+    served.add_argument("--host", default=None, help="listen address (default: the config's, 127.0.0.1)")
+    served.add_argument("--port", type=int, default=None, help="listen port (default: the config's, 8000)")
+    served.set_defaults(func=cmd_serve)
     tiny = commands.add_parser("tiny-model", help="write a tiny random-weight diffusers model folder")
     tiny.add_argument("out_dir")
     tiny.add_argument("--kind", choices=KINDS, required=True)

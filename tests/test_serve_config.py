@@ -1,0 +1,80 @@
+"""The Serve endpoint's configuration and pieces that need no running Ray: configs, keys, the
+deployment files under serve/, and a `synth serve` that imports no torch."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.spec import SpecError
+from serve.auth import ApiKeys
+from serve.config import DEFAULT, load_config, parse_config
+
+SERVE = Path(__file__).parents[1] / "serve"
+
+
+def test_the_default_serves_the_shapes_model_with_its_trained_recipe():
+    from pipeline.demo import demo_spec
+
+    config = load_config()
+    assert (config.host, config.port) == ("127.0.0.1", 8000)
+    (model,) = config.models
+    assert model.name == "synth:shapes" and model.kinds() == ["txt2img", "img2img", "inpaint"]
+    recipe = demo_spec(Path("/tmp")).stages[0]
+    for stage in model.stages:
+        assert (stage.model, stage.steps, stage.guidance_scale) == (recipe.model, recipe.steps, recipe.guidance_scale)
+    assert (model.stage("txt2img").width, model.stage("txt2img").height) == (32, 32)
+    # The example that writes every field out is the same config.
+    assert load_config(SERVE / "examples" / "shapes.yaml") == config
+
+
+def test_the_deployment_files_are_valid():
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(yaml.safe_load((SERVE / "serve_config.yaml").read_text()))
+    service, config_map = yaml.safe_load_all((SERVE / "rayservice.yaml").read_text())
+    assert service["kind"] == "RayService"
+    ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    parse_config(yaml.safe_load(config_map["data"]["serve.yaml"]))
+    load_config(SERVE / "examples" / "sd15.yaml")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["models"][0]["stages"][0].update(replicas={"min": 2}),
+     "models.0.stages.0.replicas: set the replica's resources on the model"),
+    (lambda c: c["models"][0]["stages"].append(dict(c["models"][0]["stages"][0])),
+     "models.0.stages.3.kind: txt2img appears twice"),
+    (lambda c: c["models"][0]["stages"][0].update(width=33), "models.0.stages.0.width: must be a multiple of 8"),
+    (lambda c: c["models"][0].update(max_batch_size=64), "models.0.max_ongoing_requests: 16 is below max_batch_size"),
+    (lambda c: c["models"].append(dict(c["models"][0])), "models.1.name: 'synth:shapes' appears twice"),
+    (lambda c: c.update(url_storage={"path": "s3://b/p", "storage_options": {"secret": "x"}}),
+     "url_storage.storage_options.secret: looks like a credential"),
+])
+def test_a_bad_config_names_the_field(change, message):
+    import copy
+
+    raw = copy.deepcopy(DEFAULT)
+    change(raw)
+    with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_config(raw)
+
+
+def test_api_keys_from_the_environment_and_a_file(tmp_path):
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# comment\nsk-file-1\n\n")
+    keys = ApiKeys.load(str(keys_file), environ={"SYNTH_API_KEYS": "sk-env-1, sk-env-2"})
+    assert keys.enabled
+    for good in ("sk-file-1", "sk-env-1", "sk-env-2"):
+        assert keys.allows(f"Bearer {good}") and keys.allows(f"bearer {good}")
+    for bad in (None, "", "sk-file-1", "Bearer", "Bearer sk-file", "Basic sk-env-1", "Bearer sk-env-1x"):
+        assert not keys.allows(bad)
+    assert "sk-env-1" not in repr(vars(keys))  # only digests are kept
+    assert ApiKeys.load(None, environ={}).allows(None)  # no keys: open
+
+
+def test_synth_serve_imports_no_torch():
+    code = "import sys, pipeline.cli, serve.app, serve.run; print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=SERVE.parent)
+    assert result.stdout.split() == ["False", "False"], result.stderr[-2000:]
