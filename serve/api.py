@@ -143,9 +143,14 @@ def output_size(stage, image: Upload | None) -> tuple[int, int] | None:
     return None
 
 
+# Fresh seeds stay below 2**53, so JSON parsers that read numbers as doubles (JavaScript's)
+# keep them exact; a caller's own seed may use the whole range.
+FRESH_SEEDS = 2**53
+
+
 def seeds_for(request: ImageOptions) -> list[int]:
     if request.seed is None:
-        return [secrets.randbelow(2**63) for _ in range(request.n)]
+        return [secrets.randbelow(FRESH_SEEDS) for _ in range(request.n)]
     return [(request.seed + i) % 2**63 for i in range(request.n)]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from ray import serve
 
 from serve import errors
@@ -79,6 +79,10 @@ class Gateway:
         csp = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                "img-src data: blob: 'self'; connect-src 'self'; form-action 'none'; base-uri 'none'")
         return FileResponse(STATIC / "index.html", media_type="text/html", headers={"Content-Security-Policy": csp})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon(self):
+        return Response(status_code=204)
 
     # ------------------------------------------------------------ the API
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import _free_port, half_mask, job, png_bytes, read_metadata, write_table
+from test_report import browser, chromium  # noqa: F401 (fixtures: Debian's headless Chromium)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -214,6 +215,26 @@ def test_concurrent_requests_are_batched(endpoint):
         results = list(pool.map(one, range(16)))
     assert [status for status, _, _ in results] == [200] * 16
     assert max(int(head["x-synth-batch-size"]) for _, head, _ in results) > 1
+
+
+def test_the_playground_draws_an_image_in_a_real_browser(endpoint, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{endpoint}/")
+    assert browser.title == "synth playground"
+    for field, value in (("key", KEY), ("steps", "2"), ("seed", "42")):
+        browser.find_element(By.ID, field).send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    drawn = "const image = document.getElementById('image'); return image.complete && image.naturalWidth"
+    WebDriverWait(browser, 120).until(lambda driver: driver.execute_script(drawn))
+    assert browser.execute_script(drawn) == 32
+    assert "seed 42" in browser.find_element(By.ID, "status").text
+    # The model list came through the key (asked first without one: a 401), no script
+    # failed, and nothing was blocked by the page's CSP.
+    assert "synth:shapes" in browser.find_element(By.ID, "model").text
+    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert all("/v1/models" in message and "401" in message for message in severe), severe
 
 
 # ---------------------------------------------------------------- errors
