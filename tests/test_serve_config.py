@@ -78,3 +78,36 @@ def test_synth_serve_imports_no_torch():
     code = "import sys, pipeline.cli, serve.app, serve.run; print('torch' in sys.modules, 'diffusers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=SERVE.parent)
     assert result.stdout.split() == ["False", "False"], result.stderr[-2000:]
+
+
+def test_url_storage_on_s3_answers_a_presigned_url(s3):
+    import urllib.request
+
+    from serve.config import UrlStorage
+    from serve.storage import UrlStore
+
+    bucket, options, fs = s3
+    store = UrlStore(UrlStorage(path=f"{bucket}/served", storage_options=options, expires_s=60))
+    data = b"\x89PNG\r\n\x1a\n not really"
+    url = store.put(data, "png", request=None)
+    assert url.startswith(options["client_kwargs"]["endpoint_url"]) and "Signature" in url
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.read() == data
+    (key,) = fs.ls(f"{bucket}/served/images")
+    assert key.rsplit("/", 1)[1] in url
+
+
+def test_local_url_storage_serves_only_its_own_names(tmp_path):
+    from serve.config import UrlStorage
+    from serve.errors import APIError
+    from serve.storage import UrlStore
+
+    store = UrlStore(UrlStorage(path=str(tmp_path / "served"), public_url="http://example.test:8000/"))
+    url = store.put(b"png bytes", "png", request=None)
+    name = url.rsplit("/", 1)[1]
+    assert url == f"http://example.test:8000/v1/files/{name}"
+    assert store.response(name).body == b"png bytes"
+    (tmp_path / "secret.png").write_bytes(b"x")
+    for bad in ("../secret.png", "..%2Fsecret.png", name.replace(".png", ".jpeg"), "0" * 32 + ".png"):
+        with pytest.raises(APIError):
+            store.response(bad)
