@@ -237,6 +237,29 @@ def test_the_playground_draws_an_image_in_a_real_browser(endpoint, browser):
     assert all("/v1/models" in message and "401" in message for message in severe), severe
 
 
+def test_synth_metrics_are_exported_with_rays(endpoint, ray_cluster):
+    """Images generated and batch sizes reach the node's Prometheus endpoint, beside Serve's own."""
+    port = ray_cluster._private.worker._global_node.metrics_export_port
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        if "synth_images_generated" in text and "synth_batch_requests_bucket" in text:
+            break
+        time.sleep(2)
+    generated = [line for line in text.splitlines() if line.startswith("ray_synth_images_generated")]
+    assert any('kind="txt2img"' in line and 'model="synth:shapes"' in line for line in generated), generated
+    assert "ray_synth_batch_images_bucket" in text and "ray_serve_num_http_requests" in text
+
+
+def test_the_load_benchmark_reports_its_figures(endpoint):
+    from benchmarks.serve_bench import load
+
+    figures = load(endpoint, concurrency=2, requests=4, key=KEY)
+    assert figures["ok"] == 4 and figures["images_per_s"] > 0
+    assert 0 < figures["p50_s"] <= figures["p99_s"] and figures["mean_batch_size"] >= 1
+
+
 # ---------------------------------------------------------------- errors
 
 
