@@ -79,31 +79,52 @@ class ModelServer:
         return await asyncio.get_running_loop().run_in_executor(None, self._run, works)
 
     def _run(self, works: list[Work]) -> list[Result]:
-        from pipeline import batch as B
-        from pipeline.io.prepare import RowRules, canonical_batch
-        from pipeline.io.writer import Encoding, encode_images
-
         results: list[Result | None] = [None] * len(works)
         by_kind: dict[str, list[int]] = {}
         for index, work in enumerate(works):
             by_kind.setdefault(work.kind, []).append(index)
         for kind, members in by_kind.items():
-            # 1. Every request of this kind in one canonical batch: the worker groups rows of
-            # equal parameters and size into one pipeline call each (batch_size rows at most).
-            rows = [dict(row, id=f"{index}-{row['id']}") for index in members for row in works[index].rows]
-            rules = RowRules(id_column="id", max_image_pixels=self.max_pixels, prompt_required=False)
-            out = self.workers[kind](canonical_batch(rows, rules))
-            self.metrics.batch(kind, len(members), len(rows))
+            try:
+                done = self._run_kind(kind, [works[index] for index in members])
+            except Exception:
+                if len(members) == 1:
+                    raise
+                # One request's error must not fail its batch mates: each again on its own,
+                # so only the request that raises gets the error (a 500).
+                logger.exception("model %s: a batch of %d %s requests failed; running them one by one",
+                                 self.name, len(members), kind)
+                done = [self._alone(kind, works[index]) for index in members]
+            for index, result in zip(members, done):
+                results[index] = result
+        return results
 
-            # 2. Each request's images, encoded as it asked.
-            start = 0
-            for index in members:
-                work = works[index]
-                part = _slice(out, slice(start, start + len(work.rows)))
-                start += len(work.rows)
-                encoded = encode_images(part, Encoding(work.format, work.quality))
-                failed = [str(error) for error, status in zip(part[B.ERROR], part[B.STATUS]) if status != B.OK]
-                self.metrics.images(kind, len(work.rows) - len(failed), len(failed))
-                sizes = [(int(w), int(h)) for w, h in zip(part[B.WIDTH], part[B.HEIGHT])]
-                results[index] = Result(encoded.data, failed, len(members), sizes)
+    def _alone(self, kind: str, work: Work) -> Result:
+        try:
+            return self._run_kind(kind, [work])[0]
+        except Exception as error:
+            logger.exception("model %s: a %s request failed", self.name, kind)
+            return Result([None] * len(work.rows), [f"{kind}: the pipeline failed: {type(error).__name__}"], 1)
+
+    def _run_kind(self, kind: str, works: list[Work]) -> list[Result]:
+        from pipeline import batch as B
+        from pipeline.io.prepare import RowRules, canonical_batch
+        from pipeline.io.writer import Encoding, encode_images
+
+        # 1. Every request of this kind in one canonical batch: the worker groups rows of
+        # equal parameters and size into one pipeline call each (batch_size rows at most).
+        rows = [dict(row, id=f"{index}-{row['id']}") for index, work in enumerate(works) for row in work.rows]
+        rules = RowRules(id_column="id", max_image_pixels=self.max_pixels, prompt_required=False)
+        out = self.workers[kind](canonical_batch(rows, rules))
+        self.metrics.batch(kind, len(works), len(rows))
+
+        # 2. Each request's images, encoded as it asked.
+        results, start = [], 0
+        for work in works:
+            part = _slice(out, slice(start, start + len(work.rows)))
+            start += len(work.rows)
+            encoded = encode_images(part, Encoding(work.format, work.quality))
+            failed = [str(error) for error, status in zip(part[B.ERROR], part[B.STATUS]) if status != B.OK]
+            self.metrics.images(kind, len(work.rows) - len(failed), len(failed))
+            sizes = [(int(w), int(h)) for w, h in zip(part[B.WIDTH], part[B.HEIGHT])]
+            results.append(Result(encoded.data, failed, len(works), sizes))
         return results

@@ -111,3 +111,37 @@ def test_local_url_storage_serves_only_its_own_names(tmp_path):
     for bad in ("../secret.png", "..%2Fsecret.png", name.replace(".png", ".jpeg"), "0" * 32 + ".png"):
         with pytest.raises(APIError):
             store.response(bad)
+
+
+def test_a_request_that_makes_the_pipeline_raise_fails_alone():
+    """A batch whose worker raises runs again request by request: only the request that
+    raises gets an error, its batch mates their images."""
+    import numpy as np
+
+    from pipeline import batch as B
+    from serve.api import Work
+    from serve.deployment import ModelServer
+
+    class Worker:
+        def __call__(self, batch):
+            if any("boom" in prompt for prompt in batch[B.PROMPT]):
+                raise RuntimeError("a kernel failed")
+            out = dict(batch)
+            count = len(batch[B.ID])
+            out[B.IMAGE] = B.object_column([np.zeros((8, 8, 3), np.uint8).tobytes()] * count)
+            out[B.WIDTH], out[B.HEIGHT] = np.full(count, 8), np.full(count, 8)
+            return out
+
+    class Metrics:
+        def batch(self, *args):
+            pass
+
+        def images(self, *args):
+            pass
+
+    server = object.__new__(ModelServer)
+    server.name, server.max_pixels, server.workers, server.metrics = "m", 4096, {"txt2img": Worker()}, Metrics()
+    works = [Work("txt2img", [{"id": "0", "prompt": prompt, "seed": 1}], "png", 90) for prompt in ("ok", "boom", "fine")]
+    good, bad, also_good = server._run(works)
+    assert good.images[0].startswith(b"\x89PNG") and also_good.images[0].startswith(b"\x89PNG")
+    assert not good.errors and bad.errors == ["txt2img: the pipeline failed: RuntimeError"] and bad.images == [None]
