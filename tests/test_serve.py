@@ -37,8 +37,9 @@ def serve_config(port: int, tiny: dict, tmp) -> dict:
                         {"kind": "img2img", **SHAPES, "strength": 0.5}, {"kind": "inpaint", **SHAPES}],
              "cpus": 0.25, "max_batch_size": 16, "batch_wait_timeout_s": 0.3,
              "max_ongoing_requests": 16, "max_queued_requests": 8},
+            # One of the session Ray's 2 fake GPUs: Ray pins the replica to it (the work runs on the CPU).
             {"name": "tiny-upscale", "stages": [{"kind": "upscale", "model": tiny["upscale"], "steps": 2}],
-             "cpus": 0.25, "max_batch_size": 2, "max_ongoing_requests": 2},
+             "cpus": 0.25, "gpus": 1, "max_batch_size": 2, "max_ongoing_requests": 2},
         ],
         "ingress": {"cpus": 0.25},
         "limits": {"max_pixels": MAX_PIXELS, "max_n": 4, "max_prompt_chars": 200, "max_request_bytes": 512 * 1024},
@@ -149,15 +150,20 @@ def test_a_seeded_request_gives_the_batch_pipelines_bytes(endpoint, batch_image)
 
 
 def test_without_a_seed_each_image_gets_one_that_reproduces_it(endpoint):
-    status, head, body = call(endpoint, "POST", "/v1/images/generations",
-                              {"prompt": PROMPT, "n": 2, "output_format": "webp", "output_compression": 80})
+    import numpy as np
+
+    status, head, body = call(endpoint, "POST", "/v1/images/generations", {"prompt": PROMPT, "n": 2})
     assert status == 200, body
     seeds = [item["seed"] for item in body["data"]]
     assert head["x-synth-seed"] == ",".join(map(str, seeds)) and len(set(seeds)) == 2
-    assert body["output_format"] == "webp" and image_of(body["data"][0]).format == "WEBP"
-    again = call(endpoint, "POST", "/v1/images/generations",
-                 {"prompt": PROMPT, "seed": seeds[1], "output_format": "webp", "output_compression": 80})[2]
-    assert again["data"][0]["b64_json"] == body["data"][1]["b64_json"]
+    again = call(endpoint, "POST", "/v1/images/generations", {"prompt": PROMPT, "seed": seeds[1]})[2]
+    # The same image: made alone rather than beside another, a few of its pixels may round
+    # 1 level apart on the CPU (see the README's Serve section), never more.
+    first, second = (np.asarray(image_of(item), np.int16) for item in (body["data"][1], again["data"][0]))
+    assert np.abs(first - second).max() <= 1
+    webp = call(endpoint, "POST", "/v1/images/generations",
+                {"prompt": PROMPT, "output_format": "webp", "output_compression": 80})[2]
+    assert webp["output_format"] == "webp" and image_of(webp["data"][0]).format == "WEBP"
 
 
 def rgba_mask(size=(32, 32)) -> bytes:
@@ -189,6 +195,10 @@ def test_variations_and_upscale(endpoint):
     status, head, body = upload(endpoint, "/v1/images/upscale", {"seed": 1}, {"image": png_bytes(size=(16, 16))})
     assert status == 200 and head["x-synth-stage"] == "upscale", body
     assert image_of(body["data"][0]).size == (64, 64) and body["model"] == "tiny-upscale"
+
+
+def test_a_replica_holds_the_gpus_its_model_asks_for(endpoint, ray_cluster):
+    assert ray_cluster.available_resources().get("GPU", 0) == 1  # of 2: the upscaler's replica holds one
 
 
 def test_the_openai_client_works_unchanged(endpoint):
