@@ -42,15 +42,16 @@ def serve_forever(config_path: str | None = None, host: str | None = None, port:
     config = load_config(config_path)
     config = config.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
     _connect()
-    ray_serve.start(http_options={"host": config.host, "port": config.port})
-    logger.info("starting %s (the first start loads each model)...", ", ".join(m.name for m in config.models))
-    ray_serve.run(build_app(config), name="synth", route_prefix="/", blocking=False)
-    url = f"http://{config.host}:{config.port}"
-    logger.info("serving at %s: the playground at %s/, the API at %s/v1, its docs at %s/docs", url, url, url, url)
-    logger.info("try: curl -s %s/v1/images/generations -H 'Content-Type: application/json' "
-                "-d '{\"prompt\": \"a red circle on a white background\"}'", url)
-    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop, as Ctrl-C
+    # After Ray's start (which installs handlers of its own): a service manager's stop, as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        ray_serve.start(http_options={"host": config.host, "port": config.port})
+        logger.info("starting %s (the first start loads each model)...", ", ".join(m.name for m in config.models))
+        ray_serve.run(build_app(config), name="synth", route_prefix="/", blocking=False)
+        url = f"http://{config.host}:{config.port}"
+        logger.info("serving at %s: the playground at %s/, the API at %s/v1, its docs at %s/docs", url, url, url, url)
+        logger.info("try: curl -s %s/v1/images/generations -H 'Content-Type: application/json' "
+                    "-d '{\"prompt\": \"a red circle on a white background\"}'", url)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -344,6 +344,10 @@ def test_api_keys(endpoint, ray_cluster):
         status, head, body = call(endpoint, "GET", "/v1/models", key=key)
         assert status == 401 and body["error"]["code"] == "invalid_api_key" and head["www-authenticate"] == "Bearer"
     assert call(endpoint, "GET", "/healthz", key=None)[0] == 200
+    assert call(endpoint, "GET", "/docs", key=None)[0] == 200
+    paths = call(endpoint, "GET", "/openapi.json", key=None)[2]["paths"]
+    assert {f"/v1/images/{name}" for name in ("generations", "edits", "variations", "upscale")} <= set(paths)
+    assert "multipart/form-data" in paths["/v1/images/edits"]["post"]["requestBody"]["content"]
     assert call(endpoint, "GET", "/v1/models")[0] == 200
     # The key is never written to any log of this Ray session.
     logs = Path(ray_cluster._private.worker._global_node.get_session_dir_path()) / "logs"
