@@ -1,8 +1,13 @@
 """The HTTP ingress (FastAPI in a Serve deployment) and the application: one model deployment
 per configured model behind it. `build_app(config)` is what `synth serve`, `serve run` and
-`serve deploy` start (see serve/README.md)."""
+`serve deploy` start (see serve/README.md).
 
+No `from __future__ import annotations` here: FastAPI reads the route methods' annotations
+as objects, and Serve's class-based ingress does not resolve them from strings (a body
+model then passes for a query parameter).
+"""
 
+import asyncio
 import base64
 import logging
 import time
@@ -17,6 +22,7 @@ from serve import errors
 from serve.api import (EditRequest, GenerationRequest, ImageOptions, Result, UpscaleRequest, VariationRequest,
                        Work, plan)
 from serve.errors import APIError, invalid
+from serve.auth import RequireKey
 from serve.limits import BodyLimit
 
 logger = logging.getLogger("synth.serve")
@@ -27,7 +33,9 @@ app = FastAPI(
     version="0.1.0",
     description="OpenAI Images-compatible image generation on Ray Serve, with synth's stage models.",
 )
+# Outermost first: a request without a key is refused before its body is read or capped.
 app.add_middleware(BodyLimit)
+app.add_middleware(RequireKey)
 errors.install(app)
 
 # A failed row's error names the input it blames; those are the caller's to fix (400).
@@ -35,19 +43,14 @@ _ROW_FIELDS = ("image", "mask", "prompt", "negative_prompt", "seed", "steps", "g
                "width", "height")
 
 
-def _multipart_body(fields: dict[str, Any]) -> dict:
-    """The OpenAPI description of a multipart endpoint: its text fields plus files."""
-    properties = {name: {"type": "string", "format": "binary"} for name in fields.pop("_files")}
-    properties.update(fields)
-    return {"requestBody": {"content": {"multipart/form-data": {"schema": {"type": "object",
-                                                                           "properties": properties}}}}}
-
-
 def _form_schema(model: type[ImageOptions], files: list[str]) -> dict:
-    schema = model.model_json_schema()
-    props = {name: {"type": "string", "description": spec.get("description", "")}
-             for name, spec in schema["properties"].items()}
-    return _multipart_body({"_files": files, **props})
+    """The OpenAPI description of a multipart endpoint (parsed by hand, for OpenAI-shaped
+    errors): its files, then the request model's fields, which arrive as text."""
+    properties = {name: {"type": "string", "format": "binary"} for name in files}
+    for name, field in model.model_json_schema()["properties"].items():
+        properties[name] = {"type": "string", "description": field.get("description", "")}
+    schema = {"type": "object", "properties": properties, "required": ["image"]}
+    return {"requestBody": {"content": {"multipart/form-data": {"schema": schema}}}}
 
 
 @serve.ingress(app)
@@ -65,6 +68,7 @@ class Gateway:
         self.keys = ApiKeys.load(self.config.api_keys_file)
         self.store = UrlStore(self.config.url_storage) if self.config.url_storage else None
         app.state.max_request_bytes = self.config.limits.max_request_bytes
+        app.state.api_keys = self.keys
         logger.info("synth serve: %d model(s), API keys %s", len(models), "on" if self.keys.enabled else "off")
 
     # ------------------------------------------------------------ open routes
@@ -86,28 +90,23 @@ class Gateway:
 
     # ------------------------------------------------------------ the API
 
-    def _authorize(self, request: Request) -> None:
-        if not self.keys.allows(request.headers.get("authorization")):
-            raise APIError(401, "Incorrect or missing API key: send it as `Authorization: Bearer <key>`.", None,
-                           "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+    # Every /v1 route below needs a key when keys are configured: serve.auth.RequireKey
+    # checks it before the body is read.
 
     @app.get("/v1/models", tags=["models"])
-    async def models(self, request: Request) -> dict:
-        self._authorize(request)
+    async def models(self) -> dict:
         return {"object": "list", "data": [
             {"id": model.name, "object": "model", "created": 0, "owned_by": "synth", "kinds": model.kinds()}
             for model in self.config.models]}
 
     @app.post("/v1/images/generations", tags=["images"])
     async def generations(self, body: GenerationRequest, request: Request):
-        self._authorize(request)
         return await self._serve(request, body, "txt2img")
 
     @app.post("/v1/images/edits", tags=["images"], openapi_extra=_form_schema(EditRequest, ["image", "mask"]))
     async def edits(self, request: Request):
         """Inpaint the mask's area when a mask is given (OpenAI: its transparent pixels;
         or white on black), else img2img with `strength`."""
-        self._authorize(request)
         fields, files = await self._form(request, EditRequest, ("image", "mask"))
         return await self._serve(request, fields, "inpaint" if "mask" in files else "img2img", files)
 
@@ -115,19 +114,17 @@ class Gateway:
               openapi_extra=_form_schema(VariationRequest, ["image"]))
     async def variations(self, request: Request):
         """img2img of the image without a prompt (or with the optional `prompt`)."""
-        self._authorize(request)
         fields, files = await self._form(request, VariationRequest, ("image",))
         return await self._serve(request, fields, "img2img", files)
 
     @app.post("/v1/images/upscale", tags=["images"], openapi_extra=_form_schema(UpscaleRequest, ["image"]))
     async def upscale(self, request: Request):
         """synth's extension: the x4 diffusion upscaler on the image."""
-        self._authorize(request)
         fields, files = await self._form(request, UpscaleRequest, ("image",))
         return await self._serve(request, fields, "upscale", files)
 
     @app.get("/v1/files/{name}", tags=["images"])
-    async def file(self, name: str, request: Request):
+    async def file(self, name: str):
         """An image a `url` response pointed at (local url storage only)."""
         if self.store is None:
             raise APIError(404, "No such file.", None, "not_found")
@@ -194,7 +191,7 @@ class Gateway:
         for image, seed in zip(result.images, seeds):
             item = {"seed": seed, "revised_prompt": None}
             if body.response_format == "url":
-                item["url"] = self.store.put(image, work.format, request)
+                item["url"] = await asyncio.to_thread(self.store.put, image, work.format, request)
             else:
                 item["b64_json"] = base64.b64encode(image).decode("ascii")
             data.append(item)

@@ -47,3 +47,25 @@ class ApiKeys:
         for digest in self._digests:
             found |= hmac.compare_digest(presented, digest)
         return found
+
+
+class RequireKey:
+    """ASGI middleware: /v1 requests without a valid key get 401 before their body is read.
+    The keys are app.state.api_keys (set by the ingress); /v1/files/ (random names that a
+    `url` response hands out, as presigned URLs are) and everything outside /v1 stay open."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        keys = getattr(scope["app"].state, "api_keys", None) if scope["type"] == "http" and "app" in scope else None
+        path = scope.get("path", "")
+        if keys is not None and path.startswith("/v1/") and not path.startswith("/v1/files/"):
+            authorization = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            if not keys.allows(authorization):
+                from serve.errors import APIError
+
+                response = APIError(401, "Incorrect or missing API key: send it as `Authorization: Bearer <key>`.",
+                                    None, "invalid_api_key", {"WWW-Authenticate": "Bearer"}).response()
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)

@@ -343,6 +343,12 @@ def test_api_keys(endpoint, ray_cluster):
     for key in (None, "sk-wrong"):
         status, head, body = call(endpoint, "GET", "/v1/models", key=key)
         assert status == 401 and body["error"]["code"] == "invalid_api_key" and head["www-authenticate"] == "Bearer"
+    # Refused before the body is read: a body that would be a 400 or a 413 is a 401 first.
+    for body in (b"{not json", b"x" * (600 * 1024)):
+        status, _, answer = call(endpoint, "POST", "/v1/images/generations", body, key=None,
+                                 headers={"Content-Type": "application/json"})
+        assert status == 401 and answer["error"]["code"] == "invalid_api_key"
+    assert upload(endpoint, "/v1/images/edits", {"prompt": PROMPT}, {"image": png_bytes()}, key=None)[0] == 401
     assert call(endpoint, "GET", "/healthz", key=None)[0] == 200
     assert call(endpoint, "GET", "/docs", key=None)[0] == 200
     paths = call(endpoint, "GET", "/openapi.json", key=None)[2]["paths"]
