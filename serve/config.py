@@ -125,6 +125,9 @@ class ServeConfig(Strict):
         None, description="A file with one API key per line; with it (or SYNTH_API_KEYS), /v1 needs a bearer key.")
     url_storage: UrlStorage | None = Field(None, description="Needed for response_format=url.")
     retry_after_s: float = Field(2, ge=0, description="Retry-After sent with 503 when the endpoint is full.")
+    request_timeout_s: float | None = Field(
+        300, gt=0, description="`synth serve`: a request still unanswered after this long gets 408 from Serve's "
+        "proxy (null: no limit). With `serve deploy`, set http_options.request_timeout_s instead.")
 
     @model_validator(mode="after")
     def _unique(self) -> "ServeConfig":

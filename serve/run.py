@@ -45,7 +45,8 @@ def serve_forever(config_path: str | None = None, host: str | None = None, port:
     # After Ray's start (which installs handlers of its own): a service manager's stop, as Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        ray_serve.start(http_options={"host": config.host, "port": config.port})
+        ray_serve.start(http_options={"host": config.host, "port": config.port,
+                                      "request_timeout_s": config.request_timeout_s})
         logger.info("starting %s (the first start loads each model)...", ", ".join(m.name for m in config.models))
         ray_serve.run(build_app(config), name="synth", route_prefix="/", blocking=False)
         url = f"http://{config.host}:{config.port}"
