@@ -206,6 +206,22 @@ def test_a_replica_holds_the_gpus_its_model_asks_for(endpoint, ray_cluster):
     assert ray_cluster.available_resources().get("GPU", 0) == 1  # of 2: the upscaler's replica holds one
 
 
+def test_each_model_is_a_deployment_with_its_configured_serving_options(endpoint):
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()["applications"]["synth"]["deployments"]
+    assert set(details) == {"ingress", "model-synth-shapes", "model-tiny-upscale"}
+    shapes = details["model-synth-shapes"]["deployment_config"]
+    assert (shapes["max_ongoing_requests"], shapes["max_queued_requests"]) == (16, 8)
+    assert shapes["autoscaling_config"]["min_replicas"] == shapes["autoscaling_config"]["max_replicas"] == 1
+    assert shapes["ray_actor_options"]["num_cpus"] == 0.25
+    assert shapes["backpressure_config"] == {"status_code": 503, "retry_after_s": 3.0}
+    upscaler = details["model-tiny-upscale"]["deployment_config"]
+    assert upscaler["ray_actor_options"]["num_gpus"] == 1 and upscaler["max_ongoing_requests"] == 2
+    ingress = details["ingress"]["deployment_config"]
+    assert (ingress["max_ongoing_requests"], ingress["max_queued_requests"]) == (28, 16)
+
+
 def test_the_openai_client_works_unchanged(endpoint):
     from openai import OpenAI
 
