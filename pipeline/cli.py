@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 
@@ -74,6 +75,12 @@ def cmd_demo(args) -> int:
     return code
 
 
+def cmd_serve(args) -> int:
+    from serve.run import serve_forever
+
+    return serve_forever(args.config, args.host, args.port)
+
+
 def cmd_tiny_model(args) -> int:
     from pipeline.tiny_models import write_tiny_model
 
@@ -122,6 +129,12 @@ def cmd_eval_tiny(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.serve:
+        from benchmarks.serve_bench import bench_serve
+
+        levels = tuple(int(level) for level in args.concurrency.split(","))
+        bench_serve(args.url, levels, args.requests_per_thread, os.environ.get("SYNTH_API_KEY"), args.out)
+        return 0
     from benchmarks.harness import Workload, bench
 
     sizes = {"tiny": 64, "sd15": 512, "sdxl": 1024}
@@ -197,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=8)
     bench.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
     bench.add_argument("--out", default=None, help="write the results as JSON here")
+    bench.add_argument("--serve", action="store_true",
+                       help="load the Serve endpoint instead: images/s and p50/p99 latency at each concurrency, "
+                       "and the batching gain (a local endpoint with the shapes model, or --url)")
+    bench.add_argument("--url", default=None, help="--serve: an endpoint already running (its key in SYNTH_API_KEY)")
+    bench.add_argument("--concurrency", default="1,4,16", help="--serve: concurrency levels (default 1,4,16)")
+    bench.add_argument("--requests-per-thread", type=_positive, default=4,
+                       help="--serve: requests each thread sends per level (default 4; at least 8 per level)")
     bench.set_defaults(func=cmd_bench)
     train = commands.add_parser("train-tiny", help="train the built-in shapes model (about 40 min on 2 CPU cores)")
     train.add_argument("out_dir")
@@ -223,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--storage-options", default=None, metavar="JSON",
                         help="s3fs options as JSON (default: the output's own, from its job.json)")
     report.set_defaults(func=cmd_report)
+    served = commands.add_parser("serve", help="an OpenAI Images-compatible HTTP endpoint on Ray Serve "
+                                 "(default: the built-in shapes model on 127.0.0.1:8000)")
+    served.add_argument("config", nargs="?", default=None, help="serve config, YAML or JSON (see serve/README.md)")
+    served.add_argument("--host", default=None, help="listen address (default: the config's, 127.0.0.1)")
+    served.add_argument("--port", type=int, default=None, help="listen port (default: the config's, 8000)")
+    served.set_defaults(func=cmd_serve)
     tiny = commands.add_parser("tiny-model", help="write a tiny random-weight diffusers model folder")
     tiny.add_argument("out_dir")
     tiny.add_argument("--kind", choices=KINDS, required=True)
