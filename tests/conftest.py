@@ -7,6 +7,7 @@ the work runs on the CPU.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import tempfile
@@ -149,3 +150,40 @@ def upload_folder(fs, local: Path, remote: str) -> None:
     for file in sorted(Path(local).rglob("*")):
         if file.is_file():
             fs.put_file(str(file), f"{remote}/{file.relative_to(local).as_posix()}")
+
+
+# Debian's headless Chromium and its matching driver (the report page and the Serve playground).
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """(browser, driver): Debian's Chromium and its matching chromedriver, never a download.
+    Skips where they are not installed, except under CI, where they must be. (Session scope:
+    a test that asks for it first skips before Ray starts and its job runs.)"""
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(path)]
+    if importlib.util.find_spec("selenium") is None:
+        missing.append("selenium")
+    if missing:
+        reason = f"no headless browser: {', '.join(missing)} missing (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return CHROMIUM, CHROMEDRIVER
+
+
+@pytest.fixture
+def browser(chromium):
+    """A headless Chromium driven by selenium (as root it needs --no-sandbox)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium[0]
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=chromium[1]), options=options)
+    yield driver
+    driver.quit()

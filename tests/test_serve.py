@@ -7,7 +7,6 @@ import base64
 import hashlib
 import io
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import _free_port, half_mask, job, png_bytes, read_metadata, write_table
-from test_report import browser, chromium  # noqa: F401 (fixtures: Debian's headless Chromium)
 
 pytestmark = pytest.mark.timeout(600)
 
