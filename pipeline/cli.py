@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 
 
@@ -289,8 +290,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
+    # A stop from a scheduler or a container runtime ends the job as Ctrl-C does: the run
+    # record says so, the output's lease is released, and a rerun resumes.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("synth: stopped; run the same command again to resume", file=sys.stderr)
+        return 130
     except (SpecError, PlanError, ModelError, OutputWriteError) as error:
         logging.getLogger("synth").debug("the error's traceback", exc_info=True)
         print(f"synth: error: {error}", file=sys.stderr)
@@ -301,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"synth: error: {message}", file=sys.stderr)
         return 2
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _cluster_error(error: Exception) -> str | None:

@@ -78,9 +78,9 @@ def _wanted(rel: str, allow_pickle: bool) -> bool:
 
 
 def _fingerprint(entries: list[tuple[str, Any]]) -> str:
-    """A short hash over the files' names, sizes and (configs') contents or ETags: it changes
-    when a model changes, without reading gigabytes of weights. Labelled "files:" because it
-    is not a hash of every byte."""
+    """A short hash over the files' names, sizes and contents (local files, read once per file
+    version) or ETags (s3 objects): it changes when a model changes. Labelled "files:" (it is
+    not a hub commit)."""
     digest = hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()
     return f"files:{digest[:16]}"
 
@@ -157,39 +157,41 @@ def refuse_pickle_only_components(files: list[str], model: str) -> None:
         )
 
 
-_SAMPLE_BLOCK = 1 << 16
-_SAMPLE_BLOCKS = 16
-
-
-def _content_digest(file: Path, size: int, every_byte: bool) -> str:
-    """A file's bytes hashed: all of a small file (or with every_byte), else 16 blocks of
-    64 KiB spread over it, the first and last included: 1 MiB read for a multi-GB weight file,
-    and a fine-tune saved over the old weights (same size, other bytes) changes every block."""
+def _content_digest(file: Path) -> str:
+    """sha256 of every byte of a file, read once per version of the file on a node: the
+    digest is cached under $SYNTH_CACHE/digests by the file's path, size, inode and
+    modification time, so a touch or a copy costs one more read, never a false change."""
+    st = file.stat()
+    key = hashlib.sha256(f"{file.resolve()}|{st.st_size}|{st.st_ino}|{st.st_mtime_ns}".encode()).hexdigest()
+    cached = cache_root() / "digests" / key
+    try:
+        return cached.read_text()
+    except OSError:
+        pass
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
-        if every_byte or size <= _SAMPLE_BLOCK * _SAMPLE_BLOCKS:
-            digest.update(handle.read())
-        else:
-            last = size - _SAMPLE_BLOCK
-            for i in range(_SAMPLE_BLOCKS):
-                handle.seek(last * i // (_SAMPLE_BLOCKS - 1))
-                digest.update(handle.read(_SAMPLE_BLOCK))
+        while chunk := handle.read(1 << 23):
+            digest.update(chunk)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f".{key}.tmp-{os.getpid()}")
+        partial.write_text(digest.hexdigest())
+        os.replace(partial, cached)
+    except OSError:  # a read-only cache: the digest is still right, only not kept
+        pass
     return digest.hexdigest()
 
 
-def _local_fingerprint(folder: Path, every_byte: bool = False) -> str:
+def _local_fingerprint(folder: Path) -> str:
     """The files the loader reads (model_index.json, each component's configs, tokenizer
-    files and weights; not a .git folder, a README or a cache), by name, size and content
-    (see _content_digest): a copy or a touch keeps it, a rewritten file changes it, and on a
-    cluster every node's copy of the same model gives the same one. every_byte: hash whole
-    files (the small built-in model)."""
+    files and weights; not a .git folder, a README or a cache), by name, size and every byte
+    (see _content_digest): a copy or a touch keeps it, any rewritten byte changes it, and on
+    a cluster every node's copy of the same model gives the same one."""
     entries = []
     for file in sorted(folder.rglob("*")):
         rel = file.relative_to(folder).as_posix()
-        if not file.is_file() or not _wanted(rel, allow_pickle=True):
-            continue
-        size = file.stat().st_size
-        entries.append((rel, size, _content_digest(file, size, every_byte)))
+        if file.is_file() and _wanted(rel, allow_pickle=True):
+            entries.append((rel, file.stat().st_size, _content_digest(file)))
     return _fingerprint(entries)
 
 
@@ -227,7 +229,7 @@ def check_model_source(
         if not allow_pickle:
             refuse_pickles([p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()], str(folder))
         index = (folder / "model_index.json").read_bytes()
-        found = _local_fingerprint(folder.resolve(), every_byte=source == "builtin")
+        found = _local_fingerprint(folder.resolve())
     else:
         index, found = _check_hub(model, revision)
     if source != "hub":
@@ -382,7 +384,7 @@ def resolve_model(
         return _resolve_hub(model, revision, allow_pickle)
     if source == "builtin":
         folder = builtin_folder(model)
-        found = _local_fingerprint(folder, every_byte=True)
+        found = _local_fingerprint(folder)
     else:
         folder = Path(model.removeprefix("file://")).expanduser().resolve()
         if not (folder / "model_index.json").is_file():

@@ -128,6 +128,11 @@ def check_models(spec: JobSpec) -> list[str | None]:
     (models.check_model_source), which the run pins for its workers and its resumes."""
     revisions = []
     for index, stage in enumerate(spec.stages):
+        if stage.scheduler:
+            import diffusers  # only when a spec names a scheduler: the import takes a few seconds
+
+            if not isinstance(getattr(diffusers, stage.scheduler, None), type):
+                raise SpecError(f"stages.{index}.scheduler: {stage.scheduler!r} is not a diffusers scheduler class")
         try:
             revisions.append(
                 check_model_source(stage.model, stage.revision, spec.storage_options, stage.allow_pickle, stage.kind)

@@ -18,6 +18,30 @@ def connect_ray(local: bool = False) -> None:
 
     if ray.is_initialized():
         return
+    with _keeping_sigterm_handler():
+        _init(local)
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler():
+    """ray.init installs a SIGTERM handler of its own (sys.exit(15)); the caller's (the CLI
+    stops a run as Ctrl-C does: recorded, lease released) is put back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _init(local: bool) -> None:
+    import ray
+
     address = os.environ.get("RAY_ADDRESS")
     if local:
         ray.init(address="local")

@@ -143,6 +143,9 @@ def run_job(spec: JobSpec, retry_failed: bool = False, allow_model_change: bool 
             summary.wall_seconds = time.perf_counter() - started
         except BaseException as error:
             text = str(error).strip().splitlines()
+            if isinstance(error, KeyboardInterrupt):  # Ctrl-C, or SIGTERM through the CLI
+                _finish(log, record, started, 130, summary, "stopped by a signal")
+                raise
             message = str(error) if isinstance(error, storage.OutputWriteError) else (
                 f"{type(error).__name__}: {text[-1] if text else ''}")
             _finish(log, record, started, 2, summary, message[:500])

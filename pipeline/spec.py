@@ -384,9 +384,31 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
         raw = yaml.load(text, Loader=_strict_loader())  # YAML is a superset of JSON: one loader serves both
     except yaml.YAMLError as error:
         raise SpecError(f"{path} is not valid YAML or JSON: {error}") from None
+    if _expanded_size(raw, {}) > _MAX_SPEC_NODES:
+        raise SpecError(f"{path}: its YAML aliases expand to more than {_MAX_SPEC_NODES} values; write it out")
     if isinstance(raw, dict) and overrides:
         raw = apply_overrides(raw, overrides)
     return parse_spec(raw, source=str(path))
+
+
+# A spec is a few hundred values. YAML aliases share one object among many places, so a small
+# file can stand for billions of values (an "alias bomb") that validation would walk.
+_MAX_SPEC_NODES = 100_000
+
+
+def _expanded_size(value: Any, sizes: dict[int, int]) -> int:
+    """How many values `value` holds once its aliases are expanded, counting each shared
+    object once (memoised by identity), so a bomb is measured without expanding it."""
+    if not isinstance(value, (dict, list)):
+        return 1
+    if id(value) not in sizes:
+        sizes[id(value)] = 0  # a recursive alias counts as nothing more
+        children = list(value.items()) if isinstance(value, dict) else value
+        sizes[id(value)] = 1 + sum(
+            _expanded_size(item, sizes) for child in children
+            for item in (child if isinstance(value, dict) else (child,))
+        )
+    return sizes[id(value)]
 
 
 def resolved_dict(spec: JobSpec) -> dict[str, Any]:

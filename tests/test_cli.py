@@ -138,3 +138,34 @@ def test_train_tiny_takes_its_step_counts_from_the_command_line(tmp_path):
 def test_eval_tiny_refuses_a_sample_count_below_one():
     result = synth("eval-tiny", "--samples", "0")
     assert result.returncode == 2 and "--samples" in result.stderr
+
+
+def test_sigterm_stops_a_run_that_records_it_releases_the_output_and_resumes(ray_cluster, tiny, tmp_path):
+    import json
+    import signal
+    import time
+
+    from pipeline.io.commit_log import CommitLog
+
+    address = ray_cluster.get_runtime_context().gcs_address
+    table = write_table(tmp_path / "t.parquet", {"id": [f"r{i:02d}" for i in range(16)], "prompt": ["x"] * 16})
+    spec = job(table, str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"], steps=20, width=64, height=64)],
+               input={"path": table, "id_column": "id"})
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    command = [sys.executable, "-m", "pipeline", "run", str(tmp_path / "job.yaml")]
+    running = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "RAY_ADDRESS": address})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((tmp_path / "out" / "metadata").glob("*.parquet")):
+        time.sleep(0.2)
+    running.send_signal(signal.SIGTERM)
+    _, stderr = running.communicate(timeout=120)
+    assert running.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "synth: stopped; run the same command again to resume"
+    [record] = CommitLog(str(tmp_path / "out")).runs()
+    assert (record["status"], record["exit_code"]) == ("stopped", 130)
+    assert all(json.loads(lease.read_text())["released"] for lease in (tmp_path / "out" / "lease").glob("*.json"))
+    # the output is free at once, and the rerun completes it
+    result = synth("run", str(tmp_path / "job.yaml"), env={"RAY_ADDRESS": address})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(read_metadata(str(tmp_path / "out"))) == 16

@@ -143,3 +143,12 @@ def test_a_misspelt_override_column_is_refused(tmp_path):
               input={"path": str(table), "overrides": {"seed": "row_sed"}})
     with pytest.raises(SpecError, match=r"input.overrides.seed: column 'row_sed' is not in the input table"):
         preflight.check_input(preflight.absolute_paths(parse_spec(raw)))
+
+
+def test_an_unknown_scheduler_is_refused_before_ray_naming_the_field(tmp_path):
+    table = write_table(tmp_path / "in.parquet", {"prompt": ["a red circle"]})
+    spec = parse_spec(job(str(table), "out", [stage("txt2img", "synth:shapes", scheduler="NotAScheduler")]))
+    with pytest.raises(SpecError, match=r"stages.0.scheduler: 'NotAScheduler' is not a diffusers scheduler class"):
+        preflight.check_models(spec)
+    preflight.check_models(parse_spec(job(str(table), "out", [stage("txt2img", "synth:shapes",
+                                                                   scheduler="DDIMScheduler")])))

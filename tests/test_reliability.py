@@ -82,8 +82,7 @@ def test_driver_sigkill_then_rerun_commits_each_row_once_with_clean_bytes(ray_cl
     assert 0 < committed_at_kill < ROWS // 2, "the kill should land mid-run"
     time.sleep(2)  # let the cluster reap the dead driver's tasks
 
-    # The dead driver's lease is still fresh: the rerun takes it over once it is stale, or at once
-    # when it sees that the holder's process on this host is gone.
+    # The dead driver's lease is still fresh: the rerun waits until it is stale, then takes it over.
     [killed_lease] = (out / "lease").glob("*.json")
     summary = run_job(parse_spec(slow_job(table, out, tiny)), wait_for_lease_s=60)
     [lease] = (out / "lease").glob("*.json")

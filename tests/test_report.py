@@ -3,6 +3,7 @@ real headless Chromium."""
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -265,3 +266,14 @@ def test_report_in_a_real_browser(chromium, output, browser, tmp_path):
         extra = browser.execute_script("return document.documentElement.scrollHeight - window.innerHeight")
         browser.set_window_size(1280, browser.get_window_size()["height"] + extra)
     assert browser.save_screenshot(str(tmp_path / "report.png"))
+
+
+def test_out_never_replaces_a_device_a_link_or_the_outputs_own_records(output, tmp_path):
+    link = tmp_path / "link.html"
+    link.symlink_to(tmp_path / "elsewhere.html")
+    for out, problem in [("/dev/full", "not a regular file"), (str(link), "not a regular file"),
+                         (str(tmp_path), "not a regular file"),
+                         (str(output / "metadata" / "part-zzz.parquet"), "inside the output's metadata/ folder")]:
+        with pytest.raises(SpecError, match=problem):
+            write_report(str(output), out)
+    assert os.path.exists("/dev/full") and not os.path.isfile("/dev/full") and link.is_symlink()

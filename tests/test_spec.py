@@ -142,3 +142,13 @@ def test_cli_validate_exits_nonzero_and_names_the_field(tmp_path):
     )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["stages"][0]["guidance_scale"] == 3
+
+
+def test_a_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path):
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]  # 10**10 values
+    lines += ["name: j", "input: {path: x}", "stages: [{kind: txt2img, model: m}]", "output: {path: o}",
+              "storage_options: {config_kwargs: {x: *a9}}"]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines))
+    with pytest.raises(SpecError, match="its YAML aliases expand to more than 100000 values"):
+        load_spec(tmp_path / "bomb.yaml")

@@ -40,3 +40,15 @@ def test_a_write_killed_before_its_rename_leaves_a_dot_file_that_readers_skip(tm
         handle.truncate(10)
     assert pds.dataset(metadata, format="parquet").to_table().num_rows == 2
     assert CommitLog(str(tmp_path), {}).committed() == {"a": "ok", "b": "ok"}
+
+
+def test_a_file_in_metadata_that_synth_did_not_write_is_named_not_a_traceback(tmp_path):
+    from pipeline.io.commit_log import CommitLog
+    from pipeline.spec import SpecError
+
+    metadata = tmp_path / "metadata"
+    metadata.mkdir()
+    (metadata / "part-a.parquet").write_bytes(_part(["a"]))
+    (metadata / "part-cut.parquet").write_bytes(_part(["b"])[:30])  # cut short
+    with pytest.raises(SpecError, match=r"part-cut.parquet is not a metadata file synth wrote"):
+        CommitLog(str(tmp_path), {}).committed()

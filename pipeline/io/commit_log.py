@@ -103,7 +103,8 @@ class RunRecord:
     retry_failed: bool
     synth_version: str
     host: str
-    status: str = "running"  # then "succeeded" (exit 0), "failed_rows" (exit 1) or "error" (exit 2)
+    # then "succeeded" (exit 0), "failed_rows" (exit 1), "error" (exit 2) or "stopped" (130: a signal)
+    status: str = "running"
     exit_code: int | None = None
     message: str | None = None  # the error, in one line
     ended_at: str | None = None
@@ -121,7 +122,7 @@ class RunRecord:
         self.ended_at = _utc(time.time())
         self.wall_seconds = round(wall_seconds, 3)
         self.exit_code = exit_code
-        self.status = {0: "succeeded", 1: "failed_rows"}.get(exit_code, "error")
+        self.status = {0: "succeeded", 1: "failed_rows", 130: "stopped"}.get(exit_code, "error")
         self.message = message
         self.ray_job_id = ray_job_id
         if summary is not None:
@@ -318,16 +319,27 @@ class CommitLog:
         pq.write_table(table, buffer)
         self._write(f"metadata/{batch_name(table.column('id').to_pylist())}.parquet", buffer.getvalue())
 
+    def read_part(self, fs, file: str, columns: list[str] | None = None):
+        """One metadata file's columns; a file in metadata/ that synth did not write (not
+        Parquet, cut short, other columns) ends the job naming it, rather than a traceback."""
+        import pyarrow.parquet as pq
+
+        try:
+            with fs.open(file, "rb") as handle:
+                return pq.read_table(handle, columns=columns)
+        except (ValueError, KeyError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise SpecError(
+                f"output.path: {file} is not a metadata file synth wrote ({type(error).__name__}: "
+                f"{str(error).splitlines()[0][:200]}); move it out of metadata/ and run again"
+            ) from None
+
     @_output_io
     def committed(self) -> dict[str, str]:
         """id -> status of every committed row ("ok" wins over a failed copy)."""
-        import pyarrow.parquet as pq
-
         fs, _ = self._fs()
         rows: dict[str, str] = {}
         for file in self.metadata_files():
-            with fs.open(file, "rb") as handle:
-                table = pq.read_table(handle, columns=["id", "status"])
+            table = self.read_part(fs, file, ["id", "status"])
             for row_id, status in zip(table.column("id").to_pylist(), table.column("status").to_pylist()):
                 if rows.get(row_id) != "ok":
                     rows[row_id] = status
@@ -344,13 +356,10 @@ class CommitLog:
         chunks after it. If the run is killed in between, those rows are merely missing and
         the next run fills them.
         """
-        import pyarrow.parquet as pq
-
         fs, _ = self._fs()
         removed: set[str] = set()
         for file in self.metadata_files():
-            with fs.open(file, "rb") as handle:
-                chunk_ids = set(pq.read_table(handle, columns=["id"]).column("id").to_pylist())
+            chunk_ids = set(self.read_part(fs, file, ["id"]).column("id").to_pylist())
             if chunk_ids & ids:
                 fs.rm_file(file)
                 removed |= chunk_ids

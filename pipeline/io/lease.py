@@ -53,7 +53,10 @@ class LeaseLost(SpecError):
 
 
 def _utc(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):  # a lease file written with a wild clock
+        return f"{timestamp!r} (not a time)"
 
 
 def _is_local(fs) -> bool:
@@ -172,20 +175,9 @@ class Holder:
         return cls(**fields, released=bool(raw.get("released")), generation=generation)
 
     def stale(self, now: float) -> bool:
-        return now - self.renewed_unix > self.timeout_s
-
-    def dead_here(self) -> bool:
-        """Held by a process of this host that no longer exists (a killed run): the lease
-        need not go stale first. A pid reused since only makes the next run wait for that."""
-        if self.released or self.host != socket.gethostname():
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:  # another user's live process
-            return False
-        return False
+        """Not renewed for timeout_s, or renewed further in the future than that (a holder
+        whose clock is off by more than the timeout would otherwise hold it for years)."""
+        return abs(now - self.renewed_unix) > self.timeout_s
 
     def describe(self, now: float) -> str:
         return (f"run {self.run_id} on host {self.host} (pid {self.pid}), holding it since "
@@ -269,7 +261,7 @@ class Lease:
         while True:
             holder = self.current()
             now = time.time()
-            if holder is None or holder.released or holder.stale(now) or holder.dead_here():
+            if holder is None or holder.released or holder.stale(now):
                 if holder is not None and not holder.released:
                     logger.warning("taking over the lease on %s from %s: it is stale (not renewed for %g s)",
                                    self.label, holder.describe(now), holder.timeout_s)

@@ -13,6 +13,8 @@ the samples and error groups shown, not by the output's row count.
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 from typing import Any
 
 from pipeline import storage
@@ -67,6 +69,21 @@ def write_report(output_path: str, out: str | None = None, storage_options: dict
     options = output_options(output_path, storage_options)
     page = build_report(output_path, options, samples)
     out = out or storage.join(output_path, "report.html")
+    _check_out(out, output_path)
     fs, inner = storage.filesystem(out, options)
     storage.write_bytes_atomic(fs, inner, page.encode("utf-8"))
     return out
+
+
+def _check_out(out: str, output_path: str) -> None:
+    """The page replaces a file by renaming over it: never a device, a link or a folder, and
+    never inside the output's own records (a page among the metadata would break its reads)."""
+    inside = posixpath.normpath(out).removeprefix(posixpath.normpath(output_path).rstrip("/") + "/")
+    if inside != posixpath.normpath(out) and inside.split("/")[0] in ("metadata", "runs", "lease", "images"):
+        raise SpecError(f"--out: {out} is inside the output's {inside.split('/')[0]}/ folder; write the page elsewhere")
+    if storage.is_remote(out):
+        return
+    local = out.removeprefix("file://")
+    if os.path.islink(local) or (os.path.exists(local) and not os.path.isfile(local)):
+        raise SpecError(f"--out: {out} exists and is not a regular file (a link, a device or a folder); "
+                        "name a new file or a plain one to replace")

@@ -253,10 +253,14 @@ def read_table(fs, path: str):
     """The report's columns of one metadata part (those it has: older parts lack some)."""
     import pyarrow.parquet as pq
 
-    with fs.open(path, "rb") as handle:
-        parquet = pq.ParquetFile(handle)
-        present = set(parquet.schema_arrow.names)
-        return parquet.read(columns=[name for name in _COLUMNS if name in present])
+    try:
+        with fs.open(path, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            present = set(parquet.schema_arrow.names)
+            return parquet.read(columns=[name for name in _COLUMNS if name in present])
+    except ValueError as error:  # not Parquet, cut short: pyarrow's ArrowInvalid is a ValueError
+        raise SpecError(f"{path} is not a metadata file synth wrote ({str(error).splitlines()[0][:200]}); "
+                        "move it out of metadata/") from None
 
 
 def summarise(output_path: str, storage_options: dict[str, Any] | None = None, samples: int = 48,

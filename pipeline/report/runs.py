@@ -24,6 +24,7 @@ STATUS_TEXT = {
     "succeeded": "succeeded",
     "failed_rows": "too many failed rows",
     "error": "error",
+    "stopped": "stopped by a signal",
 }
 
 
