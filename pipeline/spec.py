@@ -337,10 +337,15 @@ def _child(node: Any, part: str, path: str, create: bool) -> Any:
 
 
 def parse_spec(raw: Any, source: str = "spec") -> JobSpec:
+    return validate_document(JobSpec, raw, source)
+
+
+def validate_document(model: type[Strict], raw: Any, source: str):
+    """A document (job spec, serve config) validated as `model`; SpecError naming each field."""
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
-        return JobSpec.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
         raise SpecError(f"{source} is invalid:\n{format_validation_error(error)}") from None
 
@@ -373,22 +378,29 @@ def _strict_loader():
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     """Load a YAML or JSON job spec from a file, apply overrides, validate."""
+    raw = read_document(path, "job spec")
+    if isinstance(raw, dict) and overrides:
+        raw = apply_overrides(raw, overrides)
+    return parse_spec(raw, source=str(path))
+
+
+def read_document(path: str | Path, what: str) -> Any:
+    """A YAML or JSON file's data (YAML is a superset of JSON: one loader serves both), with
+    no key given twice and no alias bomb; SpecError saying what is wrong with it."""
     import yaml
 
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as error:
-        raise SpecError(f"cannot read job spec {path}: {error.strerror or error}") from None
+        raise SpecError(f"cannot read {what} {path}: {error.strerror or error}") from None
     try:
-        raw = yaml.load(text, Loader=_strict_loader())  # YAML is a superset of JSON: one loader serves both
+        raw = yaml.load(text, Loader=_strict_loader())
     except yaml.YAMLError as error:
         raise SpecError(f"{path} is not valid YAML or JSON: {error}") from None
     if _expanded_size(raw, {}) > _MAX_SPEC_NODES:
         raise SpecError(f"{path}: its YAML aliases expand to more than {_MAX_SPEC_NODES} values; write it out")
-    if isinstance(raw, dict) and overrides:
-        raw = apply_overrides(raw, overrides)
-    return parse_spec(raw, source=str(path))
+    return raw
 
 
 # A spec is a few hundred values. YAML aliases share one object among many places, so a small

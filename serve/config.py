@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from pipeline.spec import SpecError, _check_no_credentials, _strict_loader, format_validation_error
+from pipeline.spec import _check_no_credentials, read_document, validate_document
 from pipeline.stages import StageSpec
 from pipeline.strict import FieldError, Strict
 
@@ -159,24 +159,11 @@ DEFAULT = {
 
 
 def parse_config(raw: Any, source: str = "serve config") -> ServeConfig:
-    if not isinstance(raw, dict):
-        raise SpecError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    try:
-        return ServeConfig.model_validate(raw)
-    except ValidationError as error:
-        raise SpecError(f"{source} is invalid:\n{format_validation_error(error)}") from None
+    return validate_document(ServeConfig, raw, source)
 
 
 def load_config(path: str | Path | None = None) -> ServeConfig:
     """The config in a YAML or JSON file, or DEFAULT without one."""
-    import yaml
-
     if path is None:
         return parse_config(DEFAULT, "the default serve config")
-    try:
-        raw = yaml.load(Path(path).read_text(), Loader=_strict_loader())
-    except OSError as error:
-        raise SpecError(f"cannot read serve config {path}: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise SpecError(f"{path} is not valid YAML or JSON: {error}") from None
-    return parse_config(raw, str(path))
+    return parse_config(read_document(path, "serve config"), str(path))
