@@ -265,8 +265,9 @@ class Lease:
                 if holder is not None and not holder.released:
                     logger.warning("taking over the lease on %s from %s: it is stale (not renewed for %g s)",
                                    self.label, holder.describe(now), holder.timeout_s)
-                # Past the highest generation, also when the newest file could not be read.
-                if self._take(max(self._generations(), default=0) + 1):
+                # Exactly the generation after the one judged free: a run that took one in the
+                # meantime holds it, and this take then finds it exists.
+                if self._take(holder.generation + 1 if holder else 1):
                     return
                 continue  # another run took it first: look again
             if time.monotonic() >= deadline:
