@@ -241,7 +241,9 @@ def build_app(config) -> Any:
             autoscaling_config=AutoscalingConfig(
                 min_replicas=scaling.min_replicas, max_replicas=scaling.max_replicas,
                 initial_replicas=max(1, scaling.min_replicas),
-                target_ongoing_requests=scaling.target_ongoing_requests),
+                target_ongoing_requests=scaling.target_ongoing_requests,
+                upscale_delay_s=scaling.upscale_delay_s, downscale_delay_s=scaling.downscale_delay_s,
+                look_back_period_s=scaling.look_back_period_s, metrics_interval_s=scaling.metrics_interval_s),
             max_ongoing_requests=model.max_ongoing_requests,
             max_queued_requests=model.max_queued_requests,
             backpressure_config=backpressure,

@@ -27,6 +27,14 @@ class Autoscaling(Strict):
     target_ongoing_requests: float = Field(
         4, gt=0, description="Requests in flight per replica that the autoscaler aims for; lower adds replicas "
         "sooner (lower latency, more GPUs).")
+    # Ray Serve's own reaction times, passed through: defaults are Serve's.
+    upscale_delay_s: float = Field(30, ge=0, description="How long load must stay above target before a "
+                                   "replica is added.")
+    downscale_delay_s: float = Field(600, ge=0, description="How long load must stay below target before a "
+                                     "replica is removed (each holds a loaded model: keep this long).")
+    look_back_period_s: float = Field(30, gt=0, description="The window the load is averaged over.")
+    metrics_interval_s: float = Field(10, gt=0, description="How often replicas and callers report their "
+                                      "load to Serve's controller.")
 
     @model_validator(mode="after")
     def _ordered(self) -> "Autoscaling":

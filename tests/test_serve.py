@@ -406,3 +406,63 @@ def test_overload_gets_503_with_retry_after_then_recovers(endpoint):
     assert all(b"backpressure" in body for _, body in refused if not isinstance(body, dict))
     # Once the burst has drained, the endpoint answers again, with nothing restarted.
     assert call(endpoint, "POST", "/v1/images/generations", {"prompt": PROMPT, "seed": 2})[0] == 200
+
+
+def test_a_model_scales_out_under_load_and_back_in_when_it_drops(endpoint, tiny, tmp_path):
+    """A second application in the same Serve instance, whose model autoscales from 1 to 2
+    replicas with reaction times in seconds: sustained load adds a replica, quiet removes it."""
+    from ray import serve
+
+    from serve.app import build_app, _deployment_name
+    from serve.config import parse_config
+
+    name = "synth:scaling"
+    config = parse_config({
+        "models": [{
+            "name": name,
+            "stages": [{"kind": "txt2img", **SHAPES, "steps": 12, "width": 32, "height": 32}],
+            "cpus": 0.25, "max_batch_size": 1, "max_ongoing_requests": 1, "max_queued_requests": -1,
+            "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                            "upscale_delay_s": 0.5, "downscale_delay_s": 2, "look_back_period_s": 1,
+                            "metrics_interval_s": 0.5},
+        }],
+        "ingress": {"cpus": 0.25},
+    })
+    serve.run(build_app(config), name="scaling", route_prefix="/scaling", blocking=False)
+    deployment = f"model-{_deployment_name(name)}"
+
+    def running() -> int:
+        status = serve.status().applications.get("scaling")
+        if status is None or deployment not in status.deployments:
+            return 0
+        return status.deployments[deployment].replica_states.get("RUNNING", 0)
+
+    def wait_for(replicas: int, seconds: float, work=None) -> bool:
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if running() == replicas:
+                return True
+            if work is not None:
+                work()
+            time.sleep(0.2)
+        return False
+
+    try:
+        assert wait_for(1, 120), serve.status()
+        base = f"{endpoint}/scaling"
+        statuses: list[int] = []
+
+        def burst():
+            with ThreadPoolExecutor(6) as pool:
+                statuses.extend(pool.map(
+                    lambda seed: call(base, "POST", "/v1/images/generations", {"prompt": PROMPT, "seed": seed},
+                                      key=None)[0], range(6)))
+
+        # Six requests at a time against one request per replica: the controller adds the second.
+        assert wait_for(2, 90, burst), serve.status()
+        assert statuses and set(statuses) == {200}, statuses
+        # Quiet: after downscale_delay_s the extra replica goes, and the model still answers.
+        assert wait_for(1, 90), serve.status()
+        assert call(base, "POST", "/v1/images/generations", {"prompt": PROMPT, "seed": 1}, key=None)[0] == 200
+    finally:
+        serve.delete("scaling")
