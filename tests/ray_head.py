@@ -19,28 +19,32 @@ from conftest import _free_port
 @dataclass
 class Head:
     address: str  # the Jobs API, http://127.0.0.1:PORT
+    gcs_address: str  # for ray.init
     env: dict  # what a client process needs: RAY_AUTH_MODE and the head's token
     process: subprocess.Popen
     temp_dir: str
 
 
-def start_head(num_cpus: int = 2, timeout_s: float = 120) -> Head:
+def start_head(num_cpus: int = 2, num_gpus: int = 0, timeout_s: float = 120, extra_args: tuple[str, ...] = (),
+               extra_env: dict | None = None, port: int | None = None) -> Head:
     # Short: Ray's socket paths live under it and must stay under the OS's 107 characters.
     temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")
     dashboard = _free_port()
     ports = {name: _free_port() for name in (
-        "port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
         "metrics-export-port", "node-manager-port", "object-manager-port", "ray-client-server-port")}
+    ports["port"] = port or _free_port()
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     env.update(auth)
+    env.update(extra_env or {})
     command = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
-               "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+               f"--num-gpus={num_gpus}", *extra_args, "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
                *(f"--{name}={port}" for name, port in ports.items())]
     log = open(os.path.join(temp_dir, "head.log"), "w")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    head = Head(f"http://127.0.0.1:{dashboard}", auth, process, temp_dir)
+    head = Head(f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{ports['port']}", auth, process, temp_dir)
     try:
         _wait_for_jobs_api(head, timeout_s)
     except BaseException:
