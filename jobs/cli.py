@@ -74,13 +74,25 @@ def _options(args, wait_for_lease_s: float) -> RunOptions:
 
 
 def cmd_submit(args) -> int:
-    from jobs.submit import follow, submit
+    from jobs.submit import submit
     from pipeline.cli import _spec
 
     job_id = submit(_spec(args), args.address, _options(args, args.wait_for_lease), not args.skip_preflight,
                     args.log_level)
     print(job_id, flush=True)
-    return follow(job_id, args.address) if args.wait else 0
+    return _follow(job_id, args.address) if args.wait else 0
+
+
+def _follow(job_id: str, address: str | None) -> int:
+    """Follow a submitted job; Ctrl-C stops the following, not the job (`synth stop` does)."""
+    from jobs.submit import STOPPED_EXIT_CODE, follow
+
+    try:
+        return follow(job_id, address)
+    except KeyboardInterrupt:
+        print(f"synth: no longer following Ray job {job_id}, which goes on; `synth stop {job_id}` stops it",
+              file=sys.stderr)
+        return STOPPED_EXIT_CODE
 
 
 def cmd_status(args) -> int:
@@ -91,10 +103,10 @@ def cmd_status(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from jobs.submit import follow, logs
+    from jobs.submit import logs
 
     if args.follow:
-        return follow(args.job_id, args.address)
+        return _follow(args.job_id, args.address)
     sys.stdout.write(logs(args.job_id, args.address))
     return 0
 
@@ -134,7 +146,7 @@ def cmd_schedule_run(args) -> int:
     """Each date once, in order; a date that fails does not stop the others. Exit code: the
     worst of the dates'."""
     from jobs.schedule import load_schedule, render
-    from jobs.submit import follow, submit
+    from jobs.submit import submit
     from pipeline.cli import _run
 
     schedule = load_schedule(args.schedule)
@@ -149,7 +161,7 @@ def cmd_schedule_run(args) -> int:
             continue
         job_id = submit(spec, args.address, options, not args.skip_preflight, args.log_level)
         print(f"synth: date {date}: Ray job {job_id}", flush=True)
-        codes.append(follow(job_id, args.address) if args.wait else 0)
+        codes.append(_follow(job_id, args.address) if args.wait else 0)
     if len(dates) > 1:
         print(f"synth: {len(dates)} dates, {sum(1 for code in codes if code == 0)} succeeded", flush=True)
     return max(codes, default=0)
