@@ -23,7 +23,7 @@ logger = logging.getLogger("synth.capacity")
 
 @dataclass(frozen=True)
 class Capacity:
-    cpus: float  # present CPUs: what read and write tasks can count on now
+    cpus: float  # CPUs the plan may use: present, or the configured maximum
     gpus: float  # GPUs the plan may use: present, or what the cluster can grow to
     present_gpus: float
     node_cpus: float | None  # the largest node's CPUs
@@ -73,13 +73,21 @@ def cluster_capacity(stages) -> Capacity:
     cpus, gpus = present.get("CPU", 0.0), present.get("GPU", 0.0)
     maximum = _configured_maximum()
     grows = maximum is not None or _autoscales()
-    planned_gpus = gpus
+    planned = planned_gpus(stages, gpus, maximum, grows)
+    if planned > gpus:
+        logger.info("the cluster has %g GPUs now and can grow to %g: planning for %g", gpus, planned, planned)
+    # The nodes that bring those GPUs bring CPUs too (a head with num-cpus 0 has none of its own).
+    planned_cpus = max(cpus, maximum.get("CPU", 0.0)) if maximum is not None else cpus
+    return Capacity(planned_cpus, planned, gpus, node_cpus, grows)
+
+
+def planned_gpus(stages, present: float, maximum: dict[str, float] | None, grows: bool) -> float:
+    """The GPUs to plan for: the configured maximum when the autoscaler publishes one; on a
+    cluster that autoscales without publishing it, what the stages ask for explicitly
+    (`gpus` x `replicas.max`, or `min`); otherwise what is present."""
     if maximum is not None:
-        planned_gpus = max(gpus, maximum.get("GPU", 0.0))
-    elif grows:
+        return max(present, maximum.get("GPU", 0.0))
+    if grows:
         asked = sum((stage.gpus or 0) * (stage.replicas.max or stage.replicas.min) for stage in stages)
-        planned_gpus = max(gpus, asked)
-    if planned_gpus > gpus:
-        logger.info("the cluster has %g GPUs now and can grow to %g: planning for %g", gpus, planned_gpus,
-                    planned_gpus)
-    return Capacity(cpus, planned_gpus, gpus, node_cpus, grows)
+        return max(present, asked)
+    return present
