@@ -103,6 +103,12 @@ def submit(spec: JobSpec, address: str | None, options: RunOptions = RunOptions(
     """Check the job here (unless check is False), submit it, and return Ray's job id."""
     if check:
         spec = preflight(spec)
+    from pipeline import storage
+
+    local = [path for path in (spec.input.path, spec.output.path) if not storage.is_remote(path)]
+    if local:
+        logger.warning("%s: local paths are read and written on the cluster's nodes, not on this machine; "
+                       "use s3:// or a mount every node shares", ", ".join(local))
     jobs_api = client(address)
     staging = tempfile.mkdtemp(prefix="synth-submit-")
     try:
