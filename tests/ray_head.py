@@ -9,6 +9,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,7 +39,9 @@ def start_head(num_cpus: int = 2, num_gpus: int = 0, timeout_s: float = 120, ext
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     env.update(auth)
     env.update(extra_env or {})
-    command = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+    # The `ray` of this interpreter's environment, also when that environment is not on PATH.
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    command = [ray_cli if os.path.exists(ray_cli) else "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
                f"--num-gpus={num_gpus}", *extra_args, "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
                *(f"--{name}={port}" for name, port in ports.items())]
