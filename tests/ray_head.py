@@ -38,6 +38,8 @@ def start_head(num_cpus: int = 2, num_gpus: int = 0, timeout_s: float = 120, ext
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     env.update(auth)
+    # Job entrypoints run `python` from the head's PATH: this interpreter's, as on a cluster node.
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env.update(extra_env or {})
     # The `ray` of this interpreter's environment, also when that environment is not on PATH.
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
