@@ -48,7 +48,8 @@ def _configured_maximum() -> dict[str, float] | None:
 def _autoscales() -> bool:
     """An autoscaler with node types of its own runs for this cluster (v1 writes its report
     to the GCS). A Ray without one (ray.init, a plain `ray start`) reports through a
-    read-only provider whose node types are named after each node."""
+    read-only provider whose node types are named after each node. The first report comes
+    a few seconds after the head starts: a job that arrives sooner plans for what is up."""
     import json
 
     try:

@@ -42,6 +42,23 @@ def fake_autoscaling_config(gcs_port: int, head_cpus: int, worker_types: dict) -
     }
 
 
+def wait_for_the_autoscaler(head, timeout_s: float = 120) -> None:
+    """Until the autoscaler's first report names the config's node types, as on a real
+    cluster, whose autoscaler has reported long before a job arrives."""
+    import time
+
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = subprocess.run([ray_cli if os.path.exists(ray_cli) else "ray", "status", "--address",
+                                 head.gcs_address], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, **head.env})
+        if "ray.head.default" in status.stdout:
+            return
+        assert time.monotonic() < deadline, f"the autoscaler never reported: {status.stdout[-1000:]}{status.stderr[-1000:]}"
+        time.sleep(1)
+
+
 def test_a_job_with_no_gpu_worker_scales_one_up_and_completes_on_it(tiny, tmp_path):
     gcs_port = _free_port()
     gpu_worker = {"resources": {"CPU": 1, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 1}
@@ -50,6 +67,7 @@ def test_a_job_with_no_gpu_worker_scales_one_up_and_completes_on_it(tiny, tmp_pa
     head = start_head(num_cpus=2, port=gcs_port, extra_args=(f"--autoscaling-config={config}",),
                       extra_env={"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
     try:
+        wait_for_the_autoscaler(head)
         table = write_table(tmp_path / "prompts.parquet", {"prompt": [f"a shape {i}" for i in range(4)]})
         spec = job(table, str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"], gpus=1)],
                    actor_start_timeout_s=240)
