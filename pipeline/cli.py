@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     served.add_argument("--host", default=None, help="listen address (default: the config's, 127.0.0.1)")
     served.add_argument("--port", type=int, default=None, help="listen port (default: the config's, 8000)")
     served.set_defaults(func=cmd_serve)
+    from jobs.cli import add_commands
+
+    add_commands(commands, with_spec)  # submit, status, logs, stop, schedule
     tiny = commands.add_parser("tiny-model", help="write a tiny random-weight diffusers model folder")
     tiny.add_argument("out_dir")
     tiny.add_argument("--kind", choices=KINDS, required=True)

@@ -45,6 +45,10 @@ def _init(local: bool) -> None:
     address = os.environ.get("RAY_ADDRESS")
     if local:
         ray.init(address="local")
+    elif os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        # A job submitted through the Jobs API (synth submit): its runtime env already
+        # carries the code, and Ray refuses a second py_modules beside it.
+        ray.init()
     elif address:
         import pipeline
 

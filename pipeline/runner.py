@@ -38,20 +38,22 @@ def row_source(spec: JobSpec, columns, skip_ids: frozenset[str] = frozenset()):
 
 
 def _plan(spec: JobSpec):
-    """The cluster's resources, and the stage pools' plan that fits them."""
+    """The stage pools' plan for what the cluster can grow to (pipeline.capacity): on an
+    autoscaling cluster, GPU actors that wait for GPU workers are the demand that starts them."""
     import ray
 
+    from pipeline.capacity import cluster_capacity
     from pipeline.resources import plan_resources
 
-    resources = ray.cluster_resources()
     nodes = [node for node in ray.nodes() if node.get("Alive")]
-    if len(nodes) > 1 and not storage.is_remote(spec.output.path):
+    capacity = cluster_capacity(spec.stages)
+    if (len(nodes) > 1 or capacity.grows) and not storage.is_remote(spec.output.path):
         logger.warning(
-            "output.path %s is local and the cluster has %d nodes: each node writes to its own disk unless "
-            "the path is a shared mount; prefer s3://", spec.output.path, len(nodes)
+            "output.path %s is local and the cluster has %d nodes%s: each node writes to its own disk unless "
+            "the path is a shared mount; prefer s3://", spec.output.path, len(nodes),
+            " and may add more" if capacity.grows else "",
         )
-    node_cpus = max((node.get("Resources", {}).get("CPU", 0) for node in nodes), default=None)
-    plan = plan_resources(spec.stages, resources.get("CPU", 0), resources.get("GPU", 0), node_cpus)
+    plan = plan_resources(spec.stages, capacity.cpus, capacity.gpus, capacity.node_cpus)
     for index, stage_plan in enumerate(plan.stages):
         logger.info(
             "stage %d %s: %d-%d replicas x %g GPU, %g CPU, %d torch threads", index, spec.stages[index].kind,

@@ -42,3 +42,23 @@ def test_too_many_gpus_requested_is_refused():
 def test_one_cpu_machine_is_refused_clearly():
     with pytest.raises(PlanError, match="at least 2 CPUs"):
         plan_resources(stages("txt2img"), 1, 0)
+
+
+def test_an_autoscaling_cluster_is_planned_for_what_it_can_grow_to():
+    from pipeline.capacity import planned_gpus
+
+    auto = stages("txt2img")
+    explicit = stages("txt2img", gpus=1, replicas={"min": 1, "max": 4})
+    # The autoscaler publishes its maximum (v2, KubeRay): GPU workers at zero still plan for it.
+    assert planned_gpus(auto, 0, {"GPU": 8.0, "CPU": 64.0}, True) == 8
+    plan = plan_resources(auto, 64, planned_gpus(auto, 0, {"GPU": 8.0}, True))
+    assert (plan.stages[0].gpus, plan.stages[0].max_replicas) == (1.0, 8)
+    assert planned_gpus(auto, 2, {"CPU": 64.0}, True) == 2  # a maximum without GPUs: what is present
+    # An autoscaler that publishes none (v1): the spec's explicit GPUs, never less than present.
+    assert planned_gpus(explicit, 0, None, True) == 4
+    assert planned_gpus(auto, 0, None, True) == 0
+    assert planned_gpus(explicit, 6, None, True) == 6
+    # No autoscaler: only what is present, so a spec asking for more is refused as before.
+    assert planned_gpus(explicit, 0, None, False) == 0
+    with pytest.raises(PlanError, match="GPUs"):
+        plan_resources(explicit, 8, planned_gpus(explicit, 0, None, False))
