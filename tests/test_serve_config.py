@@ -11,6 +11,7 @@ import yaml
 from pipeline.spec import SpecError
 from serve.auth import ApiKeys
 from serve.config import DEFAULT, load_config, parse_config
+from test_k8s import check as check_against_kuberay_crd
 
 SERVE = Path(__file__).parents[1] / "serve"
 
@@ -36,6 +37,7 @@ def test_the_deployment_files_are_valid():
     ServeDeploySchema.model_validate(yaml.safe_load((SERVE / "serve_config.yaml").read_text()))
     service, config_map = yaml.safe_load_all((SERVE / "rayservice.yaml").read_text())
     assert service["kind"] == "RayService"
+    check_against_kuberay_crd(service)  # as `kubectl apply` checks it, unknown fields included
     ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
     parse_config(yaml.safe_load(config_map["data"]["serve.yaml"]))
     load_config(SERVE / "examples" / "sd15.yaml")

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import yaml
 
-KINDS = {"RayJob": "ray.io_rayjobs.yaml", "RayCronJob": "ray.io_raycronjobs.yaml"}
+KINDS = {"RayJob": "ray.io_rayjobs.yaml", "RayCronJob": "ray.io_raycronjobs.yaml",
+         # serve/rayservice.yaml
+         "RayService": "ray.io_rayservices.yaml"}
 
 
 def _strip(node):
