@@ -85,8 +85,11 @@ def cmd_serve(args) -> int:
 def cmd_tiny_model(args) -> int:
     from pipeline.tiny_models import write_tiny_model
 
-    path = write_tiny_model(args.out_dir, args.kind)
-    print(f"synth: tiny random-weight {args.kind} model written to {path}")
+    try:
+        path = write_tiny_model(args.out_dir, args.kind, args.family)
+    except ValueError as error:  # a family without this kind
+        raise SystemExit(f"synth: {error}") from None
+    print(f"synth: tiny random-weight {args.kind} model{f' ({args.family})' if args.family else ''} written to {path}")
     return 0
 
 
@@ -168,7 +171,7 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.tiny_models import KINDS
+    from pipeline.tiny_models import KINDS, TINY_FAMILIES
 
     parser = argparse.ArgumentParser(prog="synth", description="Ray-distributed batch image generation.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -253,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny-model", help="write a tiny random-weight diffusers model folder")
     tiny.add_argument("out_dir")
     tiny.add_argument("--kind", choices=KINDS, required=True)
+    tiny.add_argument("--family", choices=TINY_FAMILIES, default=None,
+                      help="the model family's style (sd2: SD 2.x v-prediction); default: sd (sd-upscale for upscale)")
     tiny.set_defaults(func=cmd_tiny_model)
     return parser
 

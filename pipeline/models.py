@@ -239,6 +239,31 @@ def check_model_source(
     return found
 
 
+def pipeline_class_name(
+    model: str, revision: str | None = None, storage_options: dict[str, Any] | None = None
+) -> str | None:
+    """The pipeline class model_index.json names (its `_class_name`), read where that costs
+    no download: a local, built-in or s3 model, or a hub model already in the cache. None
+    for a hub model not cached (its workers detect its family once they load it)."""
+    source = model_source(model)
+    try:
+        if source == "s3":
+            fs, inner = storage.filesystem(model, storage_options)
+            index = fs.cat_file(storage.join(inner, "model_index.json"))
+        elif source in ("local", "builtin"):
+            folder = builtin_folder(model) if source == "builtin" else Path(model.removeprefix("file://")).expanduser()
+            index = (folder / "model_index.json").read_bytes()
+        else:
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(model, revision=revision, allow_patterns=["model_index.json"],
+                                       local_files_only=True)
+            index = (Path(folder) / "model_index.json").read_bytes()
+    except Exception:  # check_model_source has said what is wrong with a model that is not there
+        return None
+    return json.loads(index).get("_class_name") or None
+
+
 def _check_kind(model: str, kind: str, pipeline_class: str) -> None:
     """The x4 upscaler and the generators are different pipelines: each loads only as its own."""
     from pipeline.stages import STAGES

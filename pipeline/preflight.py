@@ -14,7 +14,8 @@ from typing import Any
 from pipeline import storage
 from pipeline.io.reader import input_shape
 from pipeline.keys import id_text
-from pipeline.models import ModelError, check_model_source, model_source
+from pipeline.families import resolve_family
+from pipeline.models import ModelError, check_model_source, model_source, pipeline_class_name
 from pipeline.params import ROW_PARAMS
 from pipeline.spec import JobSpec, SpecError
 
@@ -141,7 +142,26 @@ def check_models(spec: JobSpec) -> list[str | None]:
             raise SpecError(f"stages.{index}.model: {error}") from None
         except Exception as error:  # unreachable endpoint, permissions
             raise SpecError(f"stages.{index}.model: cannot reach {stage.model}: {type(error).__name__}: {error}") from None
+        check_family(spec, index, pipeline_class_name(stage.model, stage.revision, spec.storage_options))
     return revisions
+
+
+def check_family(spec: JobSpec, index: int, pipeline_class: str | None) -> None:
+    """The stage's model is of a family synth declares (the one the stage names, if any), and
+    that family takes every field the stage sets. None: a hub model not cached, whose
+    workers check the same once they load it."""
+    stage = spec.stages[index]
+    if pipeline_class is None:
+        return
+    try:
+        family = resolve_family(stage.family, pipeline_class, stage.model)
+    except ValueError as error:
+        raise SpecError(f"stages.{index}.{'family' if stage.family else 'model'}: {error}") from None
+    problem = family.refusal(stage.kind, stage.model_dump())
+    if problem:
+        field, why = problem
+        detected = "" if stage.family else f" (the family detected from its {pipeline_class})"
+        raise SpecError(f"stages.{index}.{field}: {why}{detected}")
 
 
 def pin_models(spec: JobSpec, revisions: list[str | None]) -> JobSpec:

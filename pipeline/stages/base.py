@@ -7,6 +7,7 @@ directly, and may hand it a pipeline they already loaded.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline import batch as B
+from pipeline.families import ROW_ARGUMENTS, resolve_family
 from pipeline.keys import batch_name, stage_seed
 from pipeline.params import ROW_PARAMS
 from pipeline.record import WORKER_FIELDS
@@ -176,15 +178,36 @@ class StageWorker:
             self.device = pipe.device.type
         self.pipe = pipe
         self.revision = revision
+
+        # 3. The model's family: the one the stage names (which must fit the model), else the
+        # one its pipeline class tells. Preflight checked the same before any GPU was held;
+        # Serve replicas and uncached hub models are checked here, on load.
+        try:
+            self.family = resolve_family(self.spec.family, type(pipe).__name__, self.spec.model)
+        except ValueError as error:
+            raise ValueError(f"stages.{index}.{'family' if self.spec.family else 'model'}: {error}") from None
+        problem = self.family.refusal(self.kind, self.spec.model_dump())
+        if problem:
+            raise ValueError(f"stages.{index}.{problem[0]}: {problem[1]}")
         self.device_label = _device_label(self.device)
         self.timer = PartTimer(self.pipe, self.device)
 
     # ------------------------------------------------------------ subclass hooks
 
+    def arguments(self, group: Group) -> dict[str, Any]:
+        """This kind's pipeline arguments for one group, as Stable Diffusion names them
+        (prompt, negative_prompt, num_inference_steps, guidance_scale, generator, ...);
+        the model's family adapts them (pipeline/families.py)."""
+        raise NotImplementedError
+
+    def call_arguments(self, group: Group) -> dict[str, Any]:
+        """The arguments the pipeline is called with for this group."""
+        return {**self.family.arguments(self.kind, self.arguments(group), self.output_size(group)), "output_type": "pt"}
+
     def generate(self, group: Group):
         """Run the diffusers pipeline on one group with output_type="pt"; return its output
         (`.images`: a (n, 3, H, W) tensor in [0, 1])."""
-        raise NotImplementedError
+        return self.pipe(**self.call_arguments(group))
 
     def row_error(self, batch: dict[str, np.ndarray], row: int) -> str | None:
         """A reason this row cannot run in this stage, or None."""
@@ -242,8 +265,10 @@ class StageWorker:
             runnable = self._runnable(batch, outcome, deaths)
 
             # 3. One pipeline call per group of rows with equal parameters and input size.
+            params = self._row_params(batch)
+            runnable = self._honoured(batch, runnable, params, outcome)
             truncated = self._truncated(batch, runnable)
-            for group in self._groups(batch, runnable, self._row_params(batch)):
+            for group in self._groups(batch, runnable, params):
                 self._record(batch, group, outcome, truncated)
                 self._run(group, outcome)
         finally:  # a raised error is no death; a killed process never gets here
@@ -291,6 +316,21 @@ class StageWorker:
             else:
                 runnable.append(row)
         return runnable
+
+    def _honoured(self, batch: dict[str, np.ndarray], rows: list[int], params: dict[str, np.ndarray],
+                  outcome: Outcome) -> list[int]:
+        """The rows whose values the model's family would use; the others fail, naming the
+        field (a row's negative prompt with a guidance_scale that drops it)."""
+        kept = []
+        for row in rows:
+            values = {"negative_prompt": batch[B.NEGATIVE_PROMPT][row] or self.spec.negative_prompt,
+                      "guidance_scale": float(params["guidance_scale"][row])}
+            refused = self.family.refusal(self.kind, values)
+            if refused:
+                outcome.fail(row, f"stages.{self.index} ({self.kind}): {refused[0]}: {refused[1]}")
+            else:
+                kept.append(row)
+        return kept
 
     def _truncated(self, batch: dict[str, np.ndarray], rows: list[int]) -> set[int]:
         """Rows whose prompt is longer than the text encoder takes (diffusers truncates it)."""
@@ -375,6 +415,8 @@ class StageWorker:
         record["guidance_scale"][rows] = group.guidance_scale
         record["strength"][rows] = group.strength
         record["prompt_truncated"][rows] = [r in truncated for r in rows]
+        settings = {name: value for name, value in self.call_arguments(group).items() if name not in ROW_ARGUMENTS}
+        record["arguments"][rows] = json.dumps(settings, sort_keys=True)
 
     def _run(self, group: Group, outcome: Outcome) -> None:
         """Generate one group; write its images into the outcome, or fail its rows."""
@@ -446,6 +488,7 @@ class StageWorker:
     def _assemble(self, batch: dict[str, np.ndarray], outcome: Outcome, queue_seconds: np.ndarray):
         count = len(batch[B.ID])
         outcome.record["device"][:] = self.device_label
+        outcome.record["family"][:] = self.family.name
         outcome.record["model_revision"][:] = self.revision
         result = dict(batch)
         result.update({B.IMAGE: outcome.images, B.WIDTH: outcome.widths, B.HEIGHT: outcome.heights,

@@ -9,10 +9,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from pipeline.families import FAMILIES, FAMILY_NAMES
 from pipeline.params import ROW_PARAMS, GuidanceScale, Side, Steps, Strength
 from pipeline.strict import FieldError, Strict
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+FamilyName = Literal[FAMILY_NAMES]  # type: ignore[valid-type]
 
 
 class Replicas(Strict):
@@ -54,6 +56,13 @@ class StageBase(Strict):
         "built into synth: synth:shapes (32 px coloured shapes; txt2img, img2img and inpaint)."
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a hub model id.")
+    family: FamilyName | None = Field(
+        None,
+        description="The model's family (README, \"Model families\"): the arguments its pipeline takes and the "
+        "fields it refuses. Left out: detected from the model's pipeline class before the job starts. "
+        "Variants that share an architecture (sd-turbo, sdxl-turbo) must be named; naming one also sets its "
+        "defaults for steps and guidance_scale.",
+    )
     # Each kind sets its own defaults for these two.
     steps: Steps
     guidance_scale: GuidanceScale
@@ -95,6 +104,9 @@ class StageBase(Strict):
             return data
         data = {name: value for name, value in data.items()
                 if value is not None or (name in cls.model_fields and cls.model_fields[name].is_required())}
+        family = FAMILIES.get(data.get("family")) if isinstance(data.get("family"), str) else None
+        if family:  # a named family's defaults, for the fields the stage leaves out
+            data = {**{name: value for name, value in family.defaults.items() if name in cls.model_fields}, **data}
         for name in [name for name in data if name not in cls.model_fields]:
             takers = [kind for kind, declared in STAGES.items() if name in declared.model_fields]
             if not takers:
@@ -103,6 +115,14 @@ class StageBase(Strict):
             listed = ", ".join(takers[:-1]) + f" and {takers[-1]}" if len(takers) > 1 else takers[0]
             raise FieldError(name, cls.refused.get(name, f"applies to {listed}, not {kind}"))
         return data
+
+    @model_validator(mode="after")
+    def _fits_its_family(self) -> "StageBase":
+        """A named family refuses here what it would ignore; a detected one in preflight."""
+        problem = FAMILIES[self.family].refusal(self.kind, self.model_dump()) if self.family else None
+        if problem:
+            raise FieldError(*problem)
+        return self
 
     @classmethod
     def row_params(cls) -> tuple[str, ...]:

@@ -1,0 +1,139 @@
+"""Model families, each declared once: the pipeline classes that identify it, the stage kinds
+it serves, the defaults it needs, and its call adapter (how a stage's parameters become its
+pipeline's arguments, and which spec fields it would silently ignore, and so refuses).
+
+Validation (an explicit `family` on a stage), preflight (the family detected from a model's
+model_index.json), the stage worker (the arguments it passes and records) and the README's
+family table all read these declarations. Nothing here imports torch or diffusers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Arguments that carry the rows' own data; the rest are the call's settings, which the
+# metadata records per row (stage record field `arguments`).
+ROW_ARGUMENTS = ("prompt", "negative_prompt", "image", "mask_image", "control_image", "generator", "output_type")
+
+_SD_CLASSES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
+_SDXL_CLASSES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")
+_GENERATING = ("txt2img", "img2img", "inpaint")
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    description: str
+    # Pipeline classes (model_index.json's `_class_name`, or the class a stage kind loads)
+    # of this family's architecture.
+    classes: tuple[str, ...]
+    kinds: tuple[str, ...]
+    # Taken as the family of a model of these classes when the stage names none. Variants
+    # that share an architecture (turbo) must be named: their weights alone do not say.
+    detected: bool = True
+    # Stage fields this family sets when a stage names it and leaves them out.
+    defaults: dict[str, Any] = field(default_factory=dict)
+    # Classifier-free guidance runs only for guidance_scale > 1; below it diffusers drops
+    # the negative prompt without a word.
+    guidance_threshold: float | None = 1.0
+    # SDXL's micro-conditioning: original and target size and crop offset, passed as the
+    # sizes generated at (its defaults), so the metadata records them.
+    size_conditioning: bool = False
+
+    def refusal(self, kind: str, fields: dict[str, Any]) -> tuple[str, str] | None:
+        """(field, why) for the first spec field this family cannot honour with these
+        values, or None. `fields` holds a stage's (or a row's) values by spec field name."""
+        if kind not in self.kinds:
+            return "kind", f"the {self.name} family has no {kind} pipeline; it serves {', '.join(self.kinds)}"
+        guidance = fields.get("guidance_scale")
+        if (self.guidance_threshold is not None and fields.get("negative_prompt") and guidance is not None
+                and guidance <= self.guidance_threshold):
+            return "negative_prompt", (
+                f"{self.name} ignores negative_prompt when guidance_scale <= {self.guidance_threshold:g} "
+                f"(it is {guidance:g}); raise guidance_scale above {self.guidance_threshold:g} or leave "
+                "negative_prompt out"
+            )
+        return None
+
+    def arguments(self, kind: str, call: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+        """The pipeline call's arguments: the stage's SD-shaped `call` (prompt, negative_prompt,
+        num_inference_steps, guidance_scale, ...) adapted to this family. size: (width,
+        height) the call generates at."""
+        call = dict(call)
+        if self.size_conditioning and kind in _GENERATING:
+            width, height = size
+            call.update(original_size=(height, width), target_size=(height, width), crops_coords_top_left=(0, 0))
+        return call
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family(
+            "sd",
+            "Stable Diffusion 1.x and 2.x (epsilon or v-prediction, read from the scheduler's config)",
+            _SD_CLASSES,
+            _GENERATING,
+        ),
+        Family(
+            "sdxl",
+            "Stable Diffusion XL (two text encoders; size and crop conditioning)",
+            _SDXL_CLASSES,
+            _GENERATING,
+            size_conditioning=True,
+        ),
+        Family(
+            "sd-turbo",
+            "SD-Turbo: SD 2.1 distilled for 1-4 steps without guidance",
+            _SD_CLASSES,
+            _GENERATING,
+            detected=False,
+            defaults={"steps": 4, "guidance_scale": 0.0},
+        ),
+        Family(
+            "sdxl-turbo",
+            "SDXL-Turbo: SDXL distilled for 1-4 steps without guidance",
+            _SDXL_CLASSES,
+            _GENERATING,
+            detected=False,
+            defaults={"steps": 4, "guidance_scale": 0.0},
+            size_conditioning=True,
+        ),
+        Family(
+            "sd-upscale",
+            "The Stable Diffusion x4 upscaler",
+            ("StableDiffusionUpscalePipeline",),
+            ("upscale",),
+        ),
+    )
+}
+FAMILY_NAMES = tuple(FAMILIES)
+
+
+def detect_family(pipeline_class: str) -> Family | None:
+    """The family a model of this pipeline class is taken to be, or None for a class no
+    family declares."""
+    for family in FAMILIES.values():
+        if family.detected and pipeline_class in family.classes:
+            return family
+    return None
+
+
+def resolve_family(named: str | None, pipeline_class: str, model: str) -> Family:
+    """The family a stage runs as: the one it names, which must fit the model's class, else
+    the one detected from that class. ValueError (naming what to set) otherwise."""
+    if named:
+        family = FAMILIES[named]
+        if pipeline_class not in family.classes:
+            found = detect_family(pipeline_class)
+            said = f"the {found.name} family" if found else "no family synth declares"
+            raise ValueError(f"{model!r} is a {pipeline_class} ({said}), not a {named} model")
+        return family
+    family = detect_family(pipeline_class)
+    if family is None:
+        raise ValueError(
+            f"{model!r} is a {pipeline_class}, of no family synth declares ({', '.join(FAMILY_NAMES)}); "
+            "see the README's family table"
+        )
+    return family

@@ -1,0 +1,158 @@
+"""Model families (pipeline/families.py): each family's tiny model runs through the Ray
+pipeline and equals a direct diffusers call; fields a family would ignore are refused,
+naming the field, before any GPU is held; the metadata records the arguments passed."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import job, read_metadata, stage, write_table
+
+from pipeline import preflight
+from pipeline.runner import run_job
+from pipeline.spec import SpecError, parse_spec
+
+pytestmark = pytest.mark.timeout(300)  # a deadlocked Ray job hangs silently; fail instead
+
+# Families whose tiny model the session builds (sd is conftest's `tiny`).
+STYLES = ("sd2", "sdxl", "sd-turbo", "sdxl-turbo")
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory, tiny) -> dict[str, str]:
+    """A tiny txt2img folder per checkpoint style (img2img and inpaint load the same folder)."""
+    from pipeline.tiny_models import write_tiny_model
+
+    root = tmp_path_factory.mktemp("families")
+    models = {style: str(write_tiny_model(root / style, "txt2img", style)) for style in STYLES}
+    return {"sd": tiny["txt2img"], **models}
+
+
+def pixels_of(row) -> np.ndarray:
+    from PIL import Image
+
+    assert row["status"] == "ok", row["error"]
+    return np.asarray(Image.open(row["image_uri"]).convert("RGB"))
+
+
+def direct(pipeline_class: str, model: str, seed: int, **arguments) -> np.ndarray:
+    """The image diffusers makes from the model folder, as uint8 (diffusers' own rounding)."""
+    import diffusers
+
+    pipe = getattr(diffusers, pipeline_class).from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    generator = [torch.Generator("cpu").manual_seed(seed)]
+    images = pipe(generator=generator, output_type="np", **arguments).images
+    return (images[0] * 255).round().astype("uint8")
+
+
+# (style, the family the stage names (None: detected), guidance_scale, the family recorded)
+CASES = [
+    ("sd2", None, 5.0, "sd"),  # v-prediction, from the scheduler's config
+    ("sdxl", None, 5.0, "sdxl"),
+    ("sd-turbo", "sd-turbo", None, "sd-turbo"),  # the family's defaults: 4 steps, guidance 0
+    ("sdxl-turbo", "sdxl-turbo", None, "sdxl-turbo"),
+]
+
+
+@pytest.mark.parametrize("style, named, guidance, recorded", CASES, ids=[case[0] for case in CASES])
+def test_a_family_runs_through_the_pipeline_and_equals_diffusers(ray_cluster, family_models, tmp_path, style, named,
+                                                                 guidance, recorded):
+    table = write_table(tmp_path / "in.parquet", {"prompt": ["a red circle"]})
+    fields = {"family": named} if named else {"steps": 2}
+    if guidance is not None:
+        fields["guidance_scale"] = guidance
+    spec = job(table, str(tmp_path / "out"), [stage("txt2img", family_models[style], batch_size=1, **fields)])
+    if named:
+        del spec["stages"][0]["steps"]  # the family's default
+    run_job(parse_spec(spec))
+    [row] = read_metadata(str(tmp_path / "out"))
+    record = row["stages"][0]
+    steps = 2 if not named else 4
+    expected = direct("AutoPipelineForText2Image", family_models[style], record["seed"], prompt=["a red circle"],
+                      num_inference_steps=steps, guidance_scale=guidance if guidance is not None else 0.0,
+                      width=32, height=32)
+    assert np.array_equal(pixels_of(row), expected)
+    assert record["family"] == recorded
+    arguments = json.loads(record["arguments"])
+    assert arguments["num_inference_steps"] == steps and arguments["width"] == 32
+    if "sdxl" in style:  # its size conditioning, passed as the size generated at (its default)
+        assert (arguments["original_size"], arguments["target_size"]) == ([32, 32], [32, 32])
+        assert arguments["crops_coords_top_left"] == [0, 0]
+    else:
+        assert "original_size" not in arguments
+
+
+def test_sdxl_img2img_after_txt2img_equals_diffusers(ray_cluster, family_models, tmp_path):
+    from PIL import Image
+
+    model = family_models["sdxl"]
+    table = write_table(tmp_path / "in.parquet", {"prompt": ["a blue square"], "negative_prompt": ["blurry"]})
+    spec = job(table, str(tmp_path / "out"), [stage("txt2img", model, batch_size=1, guidance_scale=3.0),
+                                              stage("img2img", model, batch_size=1, strength=0.5, steps=4,
+                                                    guidance_scale=3.0)])
+    run_job(parse_spec(spec))
+    [row] = read_metadata(str(tmp_path / "out"))
+    first, second = row["stages"]
+    arguments = dict(prompt=["a blue square"], negative_prompt=["blurry"], guidance_scale=3.0)
+    made = direct("AutoPipelineForText2Image", model, first["seed"], num_inference_steps=2, width=32, height=32,
+                  **arguments)
+    refined = direct("AutoPipelineForImage2Image", model, second["seed"], image=[Image.fromarray(made)],
+                     strength=0.5, num_inference_steps=4, **arguments)
+    assert np.array_equal(pixels_of(row), refined)
+    assert json.loads(second["arguments"])["original_size"] == [32, 32]
+    assert (first["family"], second["family"]) == ("sdxl", "sdxl")
+
+
+def spec_with(model: str, **fields) -> dict:
+    return job("in.parquet", "out", [{"kind": "txt2img", "model": model, **fields}])
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(raw)
+    return str(caught.value)
+
+
+def test_a_named_family_refuses_what_it_would_ignore_at_validation():
+    assert "stages.0.negative_prompt: sdxl-turbo ignores negative_prompt when guidance_scale <= 1 (it is 0)" in \
+        error_of(spec_with("m", family="sdxl-turbo", negative_prompt="blurry"))
+    assert "stages.0.kind: the sdxl family has no upscale pipeline" in \
+        error_of(job("in.parquet", "out", [{"kind": "upscale", "model": "m", "family": "sdxl"}]))
+    assert "stages.0.family: Input should be 'sd'" in error_of(spec_with("m", family="sd3"))
+    # Its defaults fill only what the stage leaves out; guidance above 1 takes a negative prompt.
+    turbo = parse_spec(spec_with("m", family="sd-turbo", steps=2, guidance_scale=2.0, negative_prompt="x")).stages[0]
+    assert (turbo.steps, turbo.guidance_scale) == (2, 2.0)
+
+
+def test_preflight_detects_the_family_and_refuses_before_any_gpu(family_models):
+    spec = parse_spec(spec_with(family_models["sd"], guidance_scale=1.0, negative_prompt="blurry"))
+    with pytest.raises(SpecError) as caught:
+        preflight.check_models(spec)
+    assert str(caught.value) == (
+        "stages.0.negative_prompt: sd ignores negative_prompt when guidance_scale <= 1 (it is 1); raise "
+        "guidance_scale above 1 or leave negative_prompt out (the family detected from its StableDiffusionPipeline)"
+    )
+    named_wrong = parse_spec(spec_with(family_models["sdxl"], family="sd-turbo"))
+    with pytest.raises(SpecError, match=r"^stages.0.family: .* is a StableDiffusionXLPipeline \(the sdxl family\), "
+                                        r"not a sd-turbo model"):
+        preflight.check_models(named_wrong)
+    preflight.check_models(parse_spec(spec_with(family_models["sdxl"], family="sdxl-turbo")))
+
+
+def test_a_row_whose_negative_prompt_its_family_would_ignore_fails_alone(family_models):
+    import pyarrow as pa
+
+    from pipeline import batch as B
+    from pipeline.io.prepare import RowRules, canonical_batch
+    from pipeline.stages import WORKERS
+
+    table = pa.table({"prompt": ["a", "b"], "negative_prompt": ["blurry", None]})
+    rules = RowRules(job_seed=3, base_dir="/", storage_options={}, id_column=None,
+                     roles={"prompt": "prompt", "negative_prompt": "negative_prompt"}, overrides={})
+    worker = WORKERS["txt2img"](stage("txt2img", family_models["sd-turbo"], family="sd-turbo"))
+    out = worker(canonical_batch(table, rules))
+    assert list(out[B.STATUS]) == ["failed", "ok"]
+    assert out[B.ERROR][0] == ("stages.0 (txt2img): negative_prompt: sd-turbo ignores negative_prompt when "
+                               "guidance_scale <= 1 (it is 0); raise guidance_scale above 1 or leave negative_prompt out")
