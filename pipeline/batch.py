@@ -20,6 +20,7 @@ import numpy as np
 ID = "id"
 PROMPT = "prompt"
 NEGATIVE_PROMPT = "negative_prompt"
+LORA = "lora"  # the adapter a row picks by name ("": the stage's whole set)
 IMAGE = "image"
 WIDTH = "image_width"
 HEIGHT = "image_height"

@@ -84,6 +84,11 @@ class Columns(Strict):
         "mask",
         description="Column with the inpainting mask (white = regenerate), bytes or URI. Needed by inpaint.",
     )
+    lora: str = Field(
+        "lora",
+        description="Column with the name of the LoRA adapter a row runs with, one of each stage's loras "
+        "(those stages need fuse_loras: false); empty: the stage's whole set.",
+    )
 
 
 OverrideColumns = create_model(

@@ -258,3 +258,22 @@ def write_tiny_model(out_dir: str | Path, kind: str, family: str | None = None) 
     pipe = build_tiny_pipeline(kind, family)
     pipe.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def write_tiny_lora(out_file: str | Path, kind: str = "txt2img", family: str | None = None, seed: int = 1) -> Path:
+    """Write a random LoRA adapter (diffusers format, safetensors) for the tiny model of this
+    kind and family: rank 4 on the UNet's attention projections, initialised at random (a
+    fresh LoRA's up-projection is zero, which would change nothing)."""
+    import torch
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = build_tiny_pipeline(kind, family)
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    out = Path(out_file)
+    type(pipe).save_lora_weights(out.parent, unet_lora_layers=layers, weight_name=out.name, safe_serialization=True)
+    return out

@@ -43,7 +43,14 @@ def direct(pipeline_class: str, model: str, seed: int, **arguments) -> np.ndarra
     pipe = getattr(diffusers, pipeline_class).from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
     generator = [torch.Generator("cpu").manual_seed(seed)]
-    images = pipe(generator=generator, output_type="np", **arguments).images
+    # One thread, as the stage actors run here (a GPU stage's CPU share): another thread
+    # count sums in another order, and rounding can move a pixel by one level.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        images = pipe(generator=generator, output_type="np", **arguments).images
+    finally:
+        torch.set_num_threads(threads)
     return (images[0] * 255).round().astype("uint8")
 
 

@@ -22,7 +22,7 @@ from pipeline.keys import content_id, derive_seed, id_text
 from pipeline.params import ROW_PARAMS, check_cell
 
 
-ROLES = ("prompt", "negative_prompt", "image", "mask")
+ROLES = ("prompt", "negative_prompt", "image", "mask", "lora")
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def _as_read(name: str, value: Any) -> Any:
     a path field); reading them together widens the type, which must not change an id."""
     if value is None:
         return None
-    if name in ("prompt", "negative_prompt"):
+    if name in ("prompt", "negative_prompt", "lora"):
         try:
             return value if isinstance(value, str) else id_text(value)
         except UnicodeDecodeError:
@@ -284,6 +284,8 @@ def canonical_batch(rows, rules: RowRules = RowRules(), done: Iterable[str] = fr
         B.ID: B.object_column(ids),
         B.PROMPT: B.object_column(prompts),
         B.NEGATIVE_PROMPT: B.object_column([v or "" for v in negatives]),
+        B.LORA: B.object_column([v or "" for v in _texts(data.get(rules.roles.get("lora"), [None] * count), "lora",
+                                                           errors)]),
         B.SEED: seeds,
     }
     # 3. Per-row parameter overrides (NaN = use the stage's value), checked here.

@@ -41,6 +41,7 @@ class Group:
     height: int
     images: list[Any] | None = None  # PIL RGB inputs (img2img, inpaint, upscale)
     masks: list[Any] | None = None  # PIL L masks (inpaint)
+    lora: str = ""  # the adapter the rows pick ("": the stage's whole set; see pipeline/lora.py)
 
 
 def _multiple_of_8(pixels: float) -> int:
@@ -189,6 +190,11 @@ class StageWorker:
         problem = self.family.refusal(self.kind, self.spec.model_dump())
         if problem:
             raise ValueError(f"stages.{index}.{problem[0]}: {problem[1]}")
+
+        # 4. LoRA adapters, loaded (and fused, unless rows pick among them) once.
+        from pipeline.lora import Adapters
+
+        self.adapters = Adapters(pipe, self.spec.loras, storage_options, self.spec.fuse_loras)
         self.device_label = _device_label(self.device)
         self.timer = PartTimer(self.pipe, self.device)
 
@@ -207,13 +213,21 @@ class StageWorker:
     def generate(self, group: Group):
         """Run the diffusers pipeline on one group with output_type="pt"; return its output
         (`.images`: a (n, 3, H, W) tensor in [0, 1])."""
+        self.adapters.use(group.lora)
         return self.pipe(**self.call_arguments(group))
 
     def row_error(self, batch: dict[str, np.ndarray], row: int) -> str | None:
         """A reason this row cannot run in this stage, or None."""
         if self.spec.needs_image and not batch[B.WIDTH][row]:
             return f"stages.{self.index} ({self.kind}): the row has no input image"
+        problem = self.adapters.row_error(self._pick(batch, row))
+        if problem:
+            return f"stages.{self.index} ({self.kind}): lora: {problem}"
         return None
+
+    def _pick(self, batch: dict[str, np.ndarray], row: int) -> str:
+        """The adapter this row picks ("" for the stage's set, and where the stage has none)."""
+        return str(batch[B.LORA][row]) if self.spec.loras and B.LORA in batch else ""
 
     def output_size(self, group: Group) -> tuple[int, int]:
         """The size this group's images will have (0 for a side the model decides and does
@@ -246,6 +260,8 @@ class StageWorker:
         columns = [B.ID, B.PROMPT, B.NEGATIVE_PROMPT, B.SEED, B.STATUS, B.ERROR, B.IMAGE, B.WIDTH, B.HEIGHT]
         if self.spec.needs_mask:
             columns += [B.MASK, B.MASK_WIDTH, B.MASK_HEIGHT, B.SOURCE_WIDTH, B.SOURCE_HEIGHT]
+        if self.spec.loras and not self.adapters.fused:
+            columns.append(B.LORA)
         return columns + [B.override_column(param) for param in self.overrides]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -364,7 +380,7 @@ class StageWorker:
         columns = [np.nan_to_num(params[name], nan=-1.0) for name in ROW_PARAMS]
         for row in rows:
             key = tuple(float(column[row]) for column in columns)
-            key += (int(batch[B.WIDTH][row]), int(batch[B.HEIGHT][row]))
+            key += (int(batch[B.WIDTH][row]), int(batch[B.HEIGHT][row]), self._pick(batch, row))
             keyed.setdefault(key, []).append(row)
         size = self.spec.batch_size
         # Groups of at most batch_size rows, in row order: fixed for a given chunk.
@@ -387,6 +403,7 @@ class StageWorker:
                 height=int(height),
                 images=self._inputs(batch, members, int(width), int(height)) if self.spec.needs_image else None,
                 masks=self._inputs(batch, members, int(width), int(height), mask=True) if self.spec.needs_mask else None,
+                lora=key[-1],
             )
 
     def _inputs(self, batch, rows: list[int], width: int, height: int, mask: bool = False) -> list[Any]:
@@ -416,6 +433,8 @@ class StageWorker:
         record["strength"][rows] = group.strength
         record["prompt_truncated"][rows] = [r in truncated for r in rows]
         settings = {name: value for name, value in self.call_arguments(group).items() if name not in ROW_ARGUMENTS}
+        if self.spec.loras:
+            settings["loras"] = self.adapters.weights(group.lora)
         record["arguments"][rows] = json.dumps(settings, sort_keys=True)
 
     def _run(self, group: Group, outcome: Outcome) -> None:

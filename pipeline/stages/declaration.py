@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from pipeline.families import FAMILIES, FAMILY_NAMES
+from pipeline.lora import LoraSpec
 from pipeline.params import ROW_PARAMS, GuidanceScale, Side, Steps, Strength
 from pipeline.strict import FieldError, Strict
 
@@ -80,6 +81,17 @@ class StageBase(Strict):
         description="Allow a model folder that holds pickle weights (.bin, .ckpt, .pt, .pth, .pkl), which can "
         "run code when loaded. Off: such folders are refused and only safetensors load.",
     )
+    loras: list[LoraSpec] = Field(
+        default_factory=list,
+        description="LoRA adapters on the model, loaded once per actor; every call runs with all of them at their "
+        "weights, unless a row picks one by name (input.columns.lora, with fuse_loras: false).",
+    )
+    fuse_loras: bool = Field(
+        True,
+        description="Fuse the adapters into the weights once per actor: calls cost what the base model's do, but "
+        "rows cannot pick an adapter. false: keep them apart and switch per call (set_adapters), a little "
+        "slower per step.",
+    )
     batch_size: int = Field(4, ge=1, description="Rows per pipeline call; larger uses the GPU better and more memory.")
     replicas: Replicas = Field(default_factory=Replicas)
     gpus: float | None = Field(
@@ -122,6 +134,10 @@ class StageBase(Strict):
         problem = FAMILIES[self.family].refusal(self.kind, self.model_dump()) if self.family else None
         if problem:
             raise FieldError(*problem)
+        names = [lora.name for lora in self.loras]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise FieldError("loras", f"the name {repeated[0]!r} is given to more than one adapter")
         return self
 
     @classmethod
