@@ -16,8 +16,13 @@ from typing import Any
 # metadata records per row (stage record field `arguments`).
 ROW_ARGUMENTS = ("prompt", "negative_prompt", "image", "mask_image", "control_image", "generator", "output_type")
 
-_SD_CLASSES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
-_SDXL_CLASSES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")
+# Each family's pipelines, with and without a ControlNet (the classes a stage kind loads).
+_SD_CLASSES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
+               "StableDiffusionControlNetPipeline", "StableDiffusionControlNetImg2ImgPipeline",
+               "StableDiffusionControlNetInpaintPipeline")
+_SDXL_CLASSES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline",
+                 "StableDiffusionXLControlNetPipeline", "StableDiffusionXLControlNetImg2ImgPipeline",
+                 "StableDiffusionXLControlNetInpaintPipeline")
 _GENERATING = ("txt2img", "img2img", "inpaint")
 
 
@@ -61,6 +66,12 @@ class Family:
         num_inference_steps, guidance_scale, ...) adapted to this family. size: (width,
         height) the call generates at."""
         call = dict(call)
+        control = call.pop("control", None)
+        if control is not None:  # a ControlNet pipeline: txt2img takes the conditioning as its image
+            if kind == "txt2img":
+                call.update(image=control, width=size[0], height=size[1])
+            else:
+                call["control_image"] = control
         if self.size_conditioning and kind in _GENERATING:
             width, height = size
             call.update(original_size=(height, width), target_size=(height, width), crops_coords_top_left=(0, 0))

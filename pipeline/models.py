@@ -431,10 +431,31 @@ def torch_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
+def check_controlnet(model: str, allow_pickle: bool = False) -> None:
+    """Fail fast (in the driver) when a ControlNet is not a ControlNetModel folder (local) or
+    repository (hub: checked when cached or reachable); ModelError saying what is wrong."""
+    if model_source(model) == "local":
+        folder = Path(model.removeprefix("file://")).expanduser()
+        config = folder / "config.json"
+        if not config.is_file():
+            raise ModelError(f"no diffusers ControlNet at {folder}: config.json not found there")
+        if "ControlNet" not in json.loads(config.read_text()).get("_class_name", ""):
+            raise ModelError(f"{folder} holds a {json.loads(config.read_text()).get('_class_name')}, not a ControlNet")
+        if not allow_pickle:
+            refuse_pickles([p.name for p in folder.iterdir() if p.is_file()], str(folder))
+        return
+    from huggingface_hub import file_exists, try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(model, "config.json"), str) and not file_exists(model, "config.json"):
+        raise ModelError(f"no ControlNet {model!r} on the Hugging Face hub (no config.json there){_no_local_folder(model)}")
+
+
 def load_pipeline(
-    kind: str, resolved: ResolvedModel, dtype: str, device: str, scheduler: str | None = None, allow_pickle: bool = False
+    kind: str, resolved: ResolvedModel, dtype: str, device: str, scheduler: str | None = None, allow_pickle: bool = False,
+    controlnet: str | None = None,
 ):
-    """Load the diffusers pipeline that serves a stage kind from a resolved model folder."""
+    """Load the diffusers pipeline that serves a stage kind from a resolved model folder;
+    with a ControlNet (a local folder or hub id), the kind's ControlNet pipeline."""
     import diffusers
 
     from pipeline.stages import STAGES
@@ -442,12 +463,16 @@ def load_pipeline(
     declared = STAGES[kind]
     # Pickles in user folders were refused in preflight; remote models arrive without them;
     # a hub cache may still hold some from other downloads, which use_safetensors=True
-    # never opens.
+    # never opens. None: prefer safetensors, fall back to pickles only where explicitly allowed.
+    weights = dict(dtype=torch_dtype(dtype, device), use_safetensors=None if allow_pickle else True)
+    extra = {}
+    if controlnet:
+        try:
+            extra["controlnet"] = diffusers.ControlNetModel.from_pretrained(controlnet.removeprefix("file://"), **weights)
+        except Exception as error:
+            raise ModelError(f"cannot load the ControlNet {controlnet!r}: {type(error).__name__}: {error}") from None
     try:
-        pipe = getattr(diffusers, declared.pipeline_class).from_pretrained(
-            # None: prefer safetensors, fall back to pickles only where explicitly allowed.
-            resolved.path, dtype=torch_dtype(dtype, device), use_safetensors=None if allow_pickle else True
-        )
+        pipe = getattr(diffusers, declared.pipeline_class).from_pretrained(resolved.path, **weights, **extra)
     except Exception as error:
         raise ModelError(f"cannot load {resolved.source!r} as a {kind} pipeline: {type(error).__name__}: {error}") from None
     if declared.upscaler and "Upscale" not in type(pipe).__name__:

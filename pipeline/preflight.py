@@ -16,7 +16,7 @@ from pipeline.io.reader import input_shape
 from pipeline.keys import id_text
 from pipeline.families import resolve_family
 from pipeline.lora import check_lora, lora_source
-from pipeline.models import ModelError, check_model_source, model_source, pipeline_class_name
+from pipeline.models import ModelError, check_controlnet, check_model_source, model_source, pipeline_class_name
 from pipeline.params import ROW_PARAMS
 from pipeline.spec import JobSpec, SpecError
 
@@ -35,6 +35,8 @@ def absolute_paths(spec: JobSpec) -> JobSpec:
     for stage in data["stages"]:
         if model_source(stage["model"]) == "local":
             stage["model"] = fix(stage["model"])
+        if stage.get("controlnet") and model_source(stage["controlnet"]) == "local":
+            stage["controlnet"] = fix(stage["controlnet"])
         for lora in stage["loras"]:
             if lora_source(lora["path"]) == "local":
                 lora["path"] = fix(lora["path"])
@@ -156,6 +158,11 @@ def check_models(spec: JobSpec) -> list[str | None]:
         except Exception as error:  # unreachable endpoint, permissions
             raise SpecError(f"stages.{index}.model: cannot reach {stage.model}: {type(error).__name__}: {error}") from None
         check_family(spec, index, pipeline_class_name(stage.model, stage.revision, spec.storage_options))
+        if getattr(stage, "controlnet", None):
+            try:
+                check_controlnet(stage.controlnet, stage.allow_pickle)
+            except Exception as error:
+                raise SpecError(f"stages.{index}.controlnet: {error}") from None
         for number, lora in enumerate(stage.loras):
             try:
                 check_lora(lora.path, spec.storage_options)
@@ -214,6 +221,8 @@ def override_owners(spec: JobSpec, overrides: dict[str, str]) -> list[list[str]]
         if param == "seed":
             continue
         for index, stage in enumerate(spec.stages):
+            if param == "controlnet_conditioning_scale" and not getattr(stage, "controlnet", None):
+                continue  # the first stage with a ControlNet takes it
             if param in stage.row_params():
                 owners[index].append(param)
                 break

@@ -277,3 +277,24 @@ def write_tiny_lora(out_file: str | Path, kind: str = "txt2img", family: str | N
     out = Path(out_file)
     type(pipe).save_lora_weights(out.parent, unet_lora_layers=layers, weight_name=out.name, safe_serialization=True)
     return out
+
+
+def write_tiny_controlnet(out_dir: str | Path, family: str | None = None, seed: int = 1) -> Path:
+    """Write a tiny ControlNet (diffusers folder, safetensors) for the tiny txt2img model of a
+    family: the UNet's encoder copied, with a conditioning embedding that downsamples as the
+    tiny VAE does (2x). Its output convolutions, zero at initialisation (a fresh ControlNet
+    adds nothing), are randomised so that it steers the image."""
+    import torch
+    from diffusers import ControlNetModel
+
+    unet = build_tiny_pipeline("txt2img", family).unet
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                     controlnet.controlnet_cond_embedding.conv_out]:
+            conv.weight.normal_(std=0.05)
+            conv.bias.normal_(std=0.05)
+    out = Path(out_dir)
+    controlnet.save_pretrained(out, safe_serialization=True)
+    return out

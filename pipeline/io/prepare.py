@@ -22,7 +22,7 @@ from pipeline.keys import content_id, derive_seed, id_text
 from pipeline.params import ROW_PARAMS, check_cell
 
 
-ROLES = ("prompt", "negative_prompt", "image", "mask", "lora")
+ROLES = ("prompt", "negative_prompt", "image", "mask", "lora", "control_image")
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def _as_read(name: str, value: Any) -> Any:
             return value if isinstance(value, str) else id_text(value)
         except UnicodeDecodeError:
             return value
-    if name in ("image", "mask"):
+    if name in ("image", "mask", "control_image"):
         value = images.cell_value(value)
         if isinstance(value, (bytes, bytearray)) and images.looks_like_uri(value):
             return bytes(value).decode("utf-8")
@@ -302,6 +302,7 @@ def canonical_batch(rows, rules: RowRules = RowRules(), done: Iterable[str] = fr
     for role, mode, names in (
         ("image", "RGB", (B.IMAGE, B.WIDTH, B.HEIGHT)),
         ("mask", "L", (B.MASK, B.MASK_WIDTH, B.MASK_HEIGHT)),
+        ("control_image", "RGB", (B.CONTROL, B.CONTROL_WIDTH, B.CONTROL_HEIGHT)),
     ):
         if role in rules.roles:
             columns = _load_images(data[rules.roles[role]], rules, mode, role, errors)

@@ -42,6 +42,8 @@ class Group:
     images: list[Any] | None = None  # PIL RGB inputs (img2img, inpaint, upscale)
     masks: list[Any] | None = None  # PIL L masks (inpaint)
     lora: str = ""  # the adapter the rows pick ("": the stage's whole set; see pipeline/lora.py)
+    controls: list[Any] | None = None  # PIL RGB ControlNet conditioning images, at the output size
+    control_scale: float = float("nan")
 
 
 def _multiple_of_8(pixels: float) -> int:
@@ -172,7 +174,8 @@ class StageWorker:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
             model = resolve_model(self.spec.model, self.spec.revision, storage_options, self.spec.allow_pickle)
             pipe = load_pipeline(
-                self.kind, model, self.spec.dtype, self.device, self.spec.scheduler, self.spec.allow_pickle
+                self.kind, model, self.spec.dtype, self.device, self.spec.scheduler, self.spec.allow_pickle,
+                controlnet=getattr(self.spec, "controlnet", None),
             )
             revision = model.revision
         else:
@@ -208,7 +211,10 @@ class StageWorker:
 
     def call_arguments(self, group: Group) -> dict[str, Any]:
         """The arguments the pipeline is called with for this group."""
-        return {**self.family.arguments(self.kind, self.arguments(group), self.output_size(group)), "output_type": "pt"}
+        call = self.arguments(group)
+        if group.controls is not None:
+            call.update(control=group.controls, controlnet_conditioning_scale=group.control_scale)
+        return {**self.family.arguments(self.kind, call, self.output_size(group)), "output_type": "pt"}
 
     def generate(self, group: Group):
         """Run the diffusers pipeline on one group with output_type="pt"; return its output
@@ -223,6 +229,8 @@ class StageWorker:
         problem = self.adapters.row_error(self._pick(batch, row))
         if problem:
             return f"stages.{self.index} ({self.kind}): lora: {problem}"
+        if getattr(self.spec, "controlnet", None) and not batch[B.CONTROL_WIDTH][row]:
+            return f"stages.{self.index} ({self.kind}): the row has no control image"
         return None
 
     def _pick(self, batch: dict[str, np.ndarray], row: int) -> str:
@@ -234,6 +242,8 @@ class StageWorker:
         not say): the resized input's, else the stage's or the row's width and height."""
         if group.images:
             return group.images[0].size
+        if group.controls:
+            return group.controls[0].size
         unet = getattr(self.pipe, "unet", None)
         sample = getattr(getattr(unet, "config", None), "sample_size", None)
         default = sample * getattr(self.pipe, "vae_scale_factor", 8) if isinstance(sample, int) else 0
@@ -262,6 +272,8 @@ class StageWorker:
             columns += [B.MASK, B.MASK_WIDTH, B.MASK_HEIGHT, B.SOURCE_WIDTH, B.SOURCE_HEIGHT]
         if self.spec.loras and not self.adapters.fused:
             columns.append(B.LORA)
+        if getattr(self.spec, "controlnet", None):
+            columns += [B.CONTROL, B.CONTROL_WIDTH, B.CONTROL_HEIGHT]
         return columns + [B.override_column(param) for param in self.overrides]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -363,6 +375,8 @@ class StageWorker:
         values = {}
         for param in ROW_PARAMS:
             value = getattr(self.spec, param, None)
+            if value is None and param == "controlnet_conditioning_scale" and getattr(self.spec, "controlnet", None):
+                value = 1.0  # passed explicitly: diffusers' default differs by pipeline (0.8 for img2img, 0.5 for inpaint)
             if value is None:  # a side left to the model or the input: 0; a parameter this kind lacks: NaN
                 value = 0 if param in ("width", "height") else np.nan
             values[param] = np.full(count, value, np.float64)
@@ -380,13 +394,17 @@ class StageWorker:
         columns = [np.nan_to_num(params[name], nan=-1.0) for name in ROW_PARAMS]
         for row in rows:
             key = tuple(float(column[row]) for column in columns)
-            key += (int(batch[B.WIDTH][row]), int(batch[B.HEIGHT][row]), self._pick(batch, row))
+            key += (int(batch[B.WIDTH][row]), int(batch[B.HEIGHT][row]), *self._control_size(batch, row),
+                    self._pick(batch, row))
             keyed.setdefault(key, []).append(row)
         size = self.spec.batch_size
         # Groups of at most batch_size rows, in row order: fixed for a given chunk.
         sliced = [(key, members[i : i + size]) for key, members in keyed.items() for i in range(0, len(members), size)]
         for key, members in sliced:
-            steps, guidance, strength, width, height = key[: len(ROW_PARAMS)]
+            value = dict(zip(ROW_PARAMS, key))
+            steps, guidance, strength = value["steps"], value["guidance_scale"], value["strength"]
+            width, height = value["width"], value["height"]
+            controlled = bool(getattr(self.spec, "controlnet", None))
             negatives = [batch[B.NEGATIVE_PROMPT][r] or self.spec.negative_prompt or "" for r in members]
             yield Group(
                 rows=members,
@@ -404,7 +422,29 @@ class StageWorker:
                 images=self._inputs(batch, members, int(width), int(height)) if self.spec.needs_image else None,
                 masks=self._inputs(batch, members, int(width), int(height), mask=True) if self.spec.needs_mask else None,
                 lora=key[-1],
+                controls=self._controls(batch, members, int(width), int(height)) if controlled else None,
+                control_scale=value["controlnet_conditioning_scale"],
             )
+
+    def _control_size(self, batch: dict[str, np.ndarray], row: int) -> tuple[int, int]:
+        """The control image's own size where it sets the output's (txt2img); else (0, 0)."""
+        if not getattr(self.spec, "controlnet", None) or self.spec.needs_image:
+            return 0, 0
+        return int(batch[B.CONTROL_WIDTH][row]), int(batch[B.CONTROL_HEIGHT][row])
+
+    def _controls(self, batch, rows: list[int], width: int, height: int) -> list[Any]:
+        """The rows' control images (RGB, Lanczos) at the size the call generates at: the
+        input image's, resized as it is, or else width x height (or the control image's own,
+        to a multiple of 8, for a side not set)."""
+        from PIL import Image
+
+        controls = []
+        for r in rows:
+            item = Image.fromarray(B.image_view(batch[B.CONTROL][r], batch[B.CONTROL_WIDTH][r], batch[B.CONTROL_HEIGHT][r]))
+            own = (int(batch[B.WIDTH][r]), int(batch[B.HEIGHT][r])) if self.spec.needs_image else item.size
+            size = _target_size(own, width, height)
+            controls.append(item.resize(size, Image.LANCZOS) if item.size != size else item)
+        return controls
 
     def _inputs(self, batch, rows: list[int], width: int, height: int, mask: bool = False) -> list[Any]:
         """PIL inputs for these rows, resized to the stage's size (see _target_size): RGB

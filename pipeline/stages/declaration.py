@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from pipeline.families import FAMILIES, FAMILY_NAMES
 from pipeline.lora import LoraSpec
-from pipeline.params import ROW_PARAMS, GuidanceScale, Side, Steps, Strength
+from pipeline.params import ROW_PARAMS, ControlScale, GuidanceScale, Side, Steps, Strength
 from pipeline.strict import FieldError, Strict
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -162,6 +162,23 @@ class SizedStage(StageBase):
         "img2img/inpaint (which keep its aspect ratio when only one side is set).",
     )
     height: Side | None = Field(None, description="Output height in pixels (multiple of 8); default as for width.")
+    controlnet: str | None = Field(
+        None,
+        description="A ControlNet (diffusers ControlNetModel folder: a hub id or a local folder) for the model, "
+        "conditioned on each row's control image (input.columns.control_image), resized to the output size. "
+        "txt2img without width and height takes the control image's size.",
+    )
+    controlnet_conditioning_scale: ControlScale | None = Field(
+        None, description="The ControlNet's strength (default 1 with a controlnet, for every kind; a row may override it)."
+    )
+
+    @model_validator(mode="after")
+    def _controlnet_fields(self) -> "SizedStage":
+        if self.controlnet_conditioning_scale is not None and not self.controlnet:
+            raise FieldError("controlnet_conditioning_scale", "applies only to a stage with a controlnet")
+        if self.controlnet and self.controlnet.startswith("s3://"):
+            raise FieldError("controlnet", "s3:// ControlNets are not supported yet: give a hub id or a local folder")
+        return self
 
 
 class RefiningStage(SizedStage):
