@@ -9,8 +9,9 @@ family table all read these declarations. Nothing here imports torch or diffuser
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 # Arguments that carry the rows' own data; the rest are the call's settings, which the
 # metadata records per row (stage record field `arguments`).
@@ -45,12 +46,24 @@ class Family:
     # SDXL's micro-conditioning: original and target size and crop offset, passed as the
     # sizes generated at (its defaults), so the metadata records them.
     size_conditioning: bool = False
+    # The spec's names -> this family's argument names (Würstchen's prior takes the steps
+    # and guidance; its decoder's run at `fixed`).
+    renamed: dict[str, str] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    # Takes LoRA adapters and ControlNets (the stage's loras and controlnet).
+    adapters: bool = True
+    # The side an asked side comes out at, where the model rounds it (None: as asked).
+    output_side: Callable[[int], int] | None = None
 
     def refusal(self, kind: str, fields: dict[str, Any]) -> tuple[str, str] | None:
         """(field, why) for the first spec field this family cannot honour with these
         values, or None. `fields` holds a stage's (or a row's) values by spec field name."""
         if kind not in self.kinds:
             return "kind", f"the {self.name} family has no {kind} pipeline; it serves {', '.join(self.kinds)}"
+        if not self.adapters:
+            for name in ("loras", "controlnet"):
+                if fields.get(name):
+                    return name, f"the {self.name} family takes no {name} here"
         guidance = fields.get("guidance_scale")
         if (self.guidance_threshold is not None and fields.get("negative_prompt") and guidance is not None
                 and guidance <= self.guidance_threshold):
@@ -75,7 +88,17 @@ class Family:
         if self.size_conditioning and kind in _GENERATING:
             width, height = size
             call.update(original_size=(height, width), target_size=(height, width), crops_coords_top_left=(0, 0))
+        if self.renamed or self.fixed:
+            call = {self.renamed.get(name, name): value for name, value in call.items()
+                    if value is not None or name not in ("width", "height")}  # None: the pipeline's default
+            call.update(self.fixed)
         return call
+
+
+def _wuerstchen_side(side: int) -> int:
+    """Würstchen's prior works at 1/42.67 of the image, rounded up; its decoder at 10.67x
+    that, rounded down; the VQGAN decodes 4x: 32 px asked gives 40."""
+    return int(math.ceil(side / 42.67) * 10.67) * 4
 
 
 FAMILIES: dict[str, Family] = {
@@ -110,6 +133,17 @@ FAMILIES: dict[str, Family] = {
             detected=False,
             defaults={"steps": 4, "guidance_scale": 0.0},
             size_conditioning=True,
+        ),
+        Family(
+            "wuerstchen",
+            "Würstchen (v2): a text-conditioned prior in a 42x-compressed latent, then a decoder; the stage's steps "
+            "and guidance_scale are the prior's, the decoder runs its default 12 steps without guidance",
+            ("WuerstchenCombinedPipeline", "WuerstchenDecoderPipeline"),
+            ("txt2img",),
+            renamed={"num_inference_steps": "prior_num_inference_steps", "guidance_scale": "prior_guidance_scale"},
+            fixed={"num_inference_steps": 12, "decoder_guidance_scale": 0.0},
+            adapters=False,
+            output_side=_wuerstchen_side,
         ),
         Family(
             "sd-upscale",

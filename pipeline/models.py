@@ -431,6 +431,28 @@ def torch_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
+def register_moved_classes() -> None:
+    """Let model folders name the classes diffusers moved to `pipelines/deprecated`.
+
+    Würstchen's components (and Stable Cascade's VQGAN) now live in
+    diffusers.pipelines.deprecated.wuerstchen; a model_index.json names them by library
+    "wuerstchen" (hub checkpoints) or "diffusers" (folders saved by diffusers 0.42 itself),
+    and neither resolves any more, so such a pipeline does not load. Registering the module
+    under its old name, and its classes on the package, makes both load."""
+    import sys
+
+    import diffusers
+    import diffusers.pipelines as pipelines
+    from diffusers.pipelines.deprecated import wuerstchen
+
+    if "diffusers.pipelines.wuerstchen" not in sys.modules:
+        sys.modules["diffusers.pipelines.wuerstchen"] = wuerstchen
+        setattr(pipelines, "wuerstchen", wuerstchen)
+    for name in ("WuerstchenPrior", "WuerstchenDiffNeXt", "PaellaVQModel"):
+        if not hasattr(diffusers, name):
+            setattr(diffusers, name, getattr(wuerstchen, name))
+
+
 def check_controlnet(model: str, allow_pickle: bool = False) -> None:
     """Fail fast (in the driver) when a ControlNet is not a ControlNetModel folder (local) or
     repository (hub: checked when cached or reachable); ModelError saying what is wrong."""
@@ -461,6 +483,7 @@ def load_pipeline(
     from pipeline.stages import STAGES
 
     declared = STAGES[kind]
+    register_moved_classes()
     # Pickles in user folders were refused in preflight; remote models arrive without them;
     # a hub cache may still hold some from other downloads, which use_safetensors=True
     # never opens. None: prefer safetensors, fall back to pickles only where explicitly allowed.

@@ -171,7 +171,7 @@ def _turbo_scheduler():
 # Checkpoint styles the builder makes, each of a family in pipeline/families.py. sd2 is the
 # sd family's v-prediction style (SD 2.x): same call, another scheduler and UNet config.
 TINY_FAMILIES = {"sd": "sd", "sd2": "sd", "sdxl": "sdxl", "sd-turbo": "sd-turbo", "sdxl-turbo": "sdxl-turbo",
-                 "sd-upscale": "sd-upscale"}
+                 "wuerstchen": "wuerstchen", "sd-upscale": "sd-upscale"}
 
 
 def _tokenizer():
@@ -198,6 +198,8 @@ def build_tiny_pipeline(kind: str, family: str | None = None):
         raise ValueError(f"the {family} family has no {kind} pipeline")
     if family in ("sdxl", "sdxl-turbo"):
         return _sdxl(kind, family)
+    if family == "wuerstchen":
+        return _wuerstchen()
     tokenizer = _tokenizer()
     common = dict(text_encoder=_text_encoder(), tokenizer=tokenizer)
     if family == "sd2":
@@ -249,6 +251,29 @@ def _sdxl(kind: str, family: str):
         tokenizer_2=tokenizer,
     )
     return (StableDiffusionXLInpaintPipeline if inpaint else StableDiffusionXLPipeline)(**components)
+
+
+def _wuerstchen():
+    """Würstchen's three parts, tiny: a prior on 2 latent channels, a one-level decoder and a
+    VQGAN, with this module's CLIP text encoder for both prior and decoder. Its combined
+    pipeline; saved, it reloads only through pipeline.models' register_moved_classes."""
+    import torch
+    from diffusers import DDPMWuerstchenScheduler, WuerstchenCombinedPipeline
+    from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel, WuerstchenDiffNeXt, WuerstchenPrior
+
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    prior = WuerstchenPrior(c_in=2, c=8, depth=2, c_cond=_HIDDEN, c_r=8, nhead=2)
+    torch.manual_seed(0)
+    vqgan = PaellaVQModel(bottleneck_blocks=1, num_vq_embeddings=2)
+    torch.manual_seed(0)
+    decoder = WuerstchenDiffNeXt(c_cond=_HIDDEN, c_hidden=[32], nhead=[-1], blocks=[2], level_config=["CT"],
+                                 clip_embd=_HIDDEN, inject_effnet=[False])
+    return WuerstchenCombinedPipeline(
+        tokenizer=tokenizer, text_encoder=_text_encoder(), decoder=decoder, scheduler=DDPMWuerstchenScheduler(),
+        vqgan=vqgan, prior_tokenizer=tokenizer, prior_text_encoder=_text_encoder(), prior_prior=prior,
+        prior_scheduler=DDPMWuerstchenScheduler(),
+    )
 
 
 def write_tiny_model(out_dir: str | Path, kind: str, family: str | None = None) -> Path:

@@ -247,7 +247,9 @@ class StageWorker:
         unet = getattr(self.pipe, "unet", None)
         sample = getattr(getattr(unet, "config", None), "sample_size", None)
         default = sample * getattr(self.pipe, "vae_scale_factor", 8) if isinstance(sample, int) else 0
-        return group.width or default, group.height or default
+        width, height = group.width or default, group.height or default
+        rounded = self.family.output_side
+        return (rounded(width) if rounded and width else width), (rounded(height) if rounded and height else height)
 
     def size_label(self, group: Group) -> str:
         """The size a group generates at, for messages."""
