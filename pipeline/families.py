@@ -146,6 +146,16 @@ FAMILIES: dict[str, Family] = {
             output_side=_wuerstchen_side,
         ),
         Family(
+            "stable-cascade",
+            "Stable Cascade (Würstchen v3): as wuerstchen, with Stable Cascade's UNets for prior and decoder",
+            ("StableCascadeCombinedPipeline", "StableCascadeDecoderPipeline"),
+            ("txt2img",),
+            renamed={"num_inference_steps": "prior_num_inference_steps", "guidance_scale": "prior_guidance_scale"},
+            fixed={"num_inference_steps": 12, "decoder_guidance_scale": 0.0},
+            adapters=False,
+            output_side=_wuerstchen_side,
+        ),
+        Family(
             "sd-upscale",
             "The Stable Diffusion x4 upscaler",
             ("StableDiffusionUpscalePipeline",),

@@ -171,7 +171,7 @@ def _turbo_scheduler():
 # Checkpoint styles the builder makes, each of a family in pipeline/families.py. sd2 is the
 # sd family's v-prediction style (SD 2.x): same call, another scheduler and UNet config.
 TINY_FAMILIES = {"sd": "sd", "sd2": "sd", "sdxl": "sdxl", "sd-turbo": "sd-turbo", "sdxl-turbo": "sdxl-turbo",
-                 "wuerstchen": "wuerstchen", "sd-upscale": "sd-upscale"}
+                 "wuerstchen": "wuerstchen", "stable-cascade": "stable-cascade", "sd-upscale": "sd-upscale"}
 
 
 def _tokenizer():
@@ -200,6 +200,8 @@ def build_tiny_pipeline(kind: str, family: str | None = None):
         return _sdxl(kind, family)
     if family == "wuerstchen":
         return _wuerstchen()
+    if family == "stable-cascade":
+        return _stable_cascade()
     tokenizer = _tokenizer()
     common = dict(text_encoder=_text_encoder(), tokenizer=tokenizer)
     if family == "sd2":
@@ -274,6 +276,46 @@ def _wuerstchen():
         vqgan=vqgan, prior_tokenizer=tokenizer, prior_text_encoder=_text_encoder(), prior_prior=prior,
         prior_scheduler=DDPMWuerstchenScheduler(),
     )
+
+
+def _stable_cascade():
+    """Stable Cascade's parts, tiny: a prior and a decoder StableCascadeUNet (the decoder fed
+    the prior's 16-channel output), Würstchen's VQGAN, and CLIP text encoders with their
+    projection. Eval mode, as loading gives: the UNets have dropout."""
+    import torch
+    from diffusers import DDPMWuerstchenScheduler, StableCascadeCombinedPipeline
+    from diffusers.models import StableCascadeUNet
+    from diffusers.pipelines.deprecated.wuerstchen import PaellaVQModel
+
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    prior = StableCascadeUNet(
+        conditioning_dim=_HIDDEN, block_out_channels=(32, 32), num_attention_heads=(2, 2),
+        down_num_layers_per_block=(1, 1), up_num_layers_per_block=(1, 1), clip_image_in_channels=_HIDDEN,
+        switch_level=(False,), clip_text_in_channels=_HIDDEN, clip_text_pooled_in_channels=_HIDDEN,
+    )
+    torch.manual_seed(0)
+    decoder = StableCascadeUNet(
+        in_channels=4, out_channels=4, conditioning_dim=_HIDDEN, block_out_channels=(16, 32),
+        num_attention_heads=(-1, 2), down_num_layers_per_block=(1, 1), up_num_layers_per_block=(1, 1),
+        down_blocks_repeat_mappers=(1, 1), up_blocks_repeat_mappers=(1, 1),
+        block_types_per_layer=(("SDCascadeResBlock", "SDCascadeTimestepBlock"),
+                               ("SDCascadeResBlock", "SDCascadeTimestepBlock", "SDCascadeAttnBlock")),
+        switch_level=None, clip_text_pooled_in_channels=_HIDDEN, dropout=(0.1, 0.1), effnet_in_channels=16,
+        pixel_mapper_in_channels=3,
+    )
+    torch.manual_seed(0)
+    vqgan = PaellaVQModel(bottleneck_blocks=1, num_vq_embeddings=2)
+    pipe = StableCascadeCombinedPipeline(
+        tokenizer=tokenizer, text_encoder=_text_encoder(projection=True), decoder=decoder,
+        scheduler=DDPMWuerstchenScheduler(), vqgan=vqgan, prior_tokenizer=tokenizer,
+        prior_text_encoder=_text_encoder(projection=True), prior_prior=prior, prior_scheduler=DDPMWuerstchenScheduler(),
+        prior_feature_extractor=None, prior_image_encoder=None,
+    )
+    for component in pipe.components.values():
+        if hasattr(component, "eval"):
+            component.eval()
+    return pipe
 
 
 def write_tiny_model(out_dir: str | Path, kind: str, family: str | None = None) -> Path:
