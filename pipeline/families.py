@@ -156,6 +156,13 @@ FAMILIES: dict[str, Family] = {
             output_side=_wuerstchen_side,
         ),
         Family(
+            "sd3",
+            "Stable Diffusion 3 / 3.5 (an MMDiT transformer; two CLIP encoders and T5)",
+            ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
+            _GENERATING,
+            adapters=False,
+        ),
+        Family(
             "sd-upscale",
             "The Stable Diffusion x4 upscaler",
             ("StableDiffusionUpscalePipeline",),

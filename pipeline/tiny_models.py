@@ -171,7 +171,8 @@ def _turbo_scheduler():
 # Checkpoint styles the builder makes, each of a family in pipeline/families.py. sd2 is the
 # sd family's v-prediction style (SD 2.x): same call, another scheduler and UNet config.
 TINY_FAMILIES = {"sd": "sd", "sd2": "sd", "sdxl": "sdxl", "sd-turbo": "sd-turbo", "sdxl-turbo": "sdxl-turbo",
-                 "wuerstchen": "wuerstchen", "stable-cascade": "stable-cascade", "sd-upscale": "sd-upscale"}
+                 "wuerstchen": "wuerstchen", "stable-cascade": "stable-cascade", "sd3": "sd3",
+                 "sd-upscale": "sd-upscale"}
 
 
 def _tokenizer():
@@ -202,6 +203,8 @@ def build_tiny_pipeline(kind: str, family: str | None = None):
         return _wuerstchen()
     if family == "stable-cascade":
         return _stable_cascade()
+    if family == "sd3":
+        return _sd3(kind)
     tokenizer = _tokenizer()
     common = dict(text_encoder=_text_encoder(), tokenizer=tokenizer)
     if family == "sd2":
@@ -275,6 +278,54 @@ def _wuerstchen():
         tokenizer=tokenizer, text_encoder=_text_encoder(), decoder=decoder, scheduler=DDPMWuerstchenScheduler(),
         vqgan=vqgan, prior_tokenizer=tokenizer, prior_text_encoder=_text_encoder(), prior_prior=prior,
         prior_scheduler=DDPMWuerstchenScheduler(),
+    )
+
+
+def _t5_tokenizer():
+    """A T5 tokenizer from a small written vocabulary: SentencePiece's word marker, lower-case
+    letters and digits as unigram pieces (anything else is <unk>), and </s> after the text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = ["<pad>", "</s>", "<unk>", "\u2581", *"abcdefghijklmnopqrstuvwxyz0123456789"]
+    tokenizer = Tokenizer(models.Unigram([(piece, 0.0 if i < 3 else -1.0) for i, piece in enumerate(pieces)], unk_id=2))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=MAX_TOKENS)
+
+
+def _sd3(kind: str):
+    """SD3's parts, tiny: an MMDiT transformer on 16 latent channels (as SD3's VAE has, which
+    its inpaint pipeline needs), two CLIP encoders with projection, and a T5 encoder."""
+    import torch
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3InpaintPipeline, StableDiffusion3Pipeline)
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=1, in_channels=16, out_channels=16, num_layers=1, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=_HIDDEN, joint_attention_dim=_HIDDEN,
+        pooled_projection_dim=2 * _HIDDEN,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=16, norm_num_groups=32, use_quant_conv=False,
+        use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    torch.manual_seed(0)
+    t5 = T5EncoderModel(T5Config(vocab_size=40, d_model=_HIDDEN, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                 pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    tokenizer = _tokenizer()
+    pipeline_class = StableDiffusion3InpaintPipeline if STAGES[kind].needs_mask else StableDiffusion3Pipeline
+    return pipeline_class(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+        text_encoder=_text_encoder(projection=True), tokenizer=tokenizer,
+        text_encoder_2=_text_encoder(projection=True), tokenizer_2=tokenizer,
+        text_encoder_3=t5, tokenizer_3=_t5_tokenizer(),
     )
 
 

@@ -16,7 +16,7 @@ from pipeline.spec import SpecError, parse_spec
 pytestmark = pytest.mark.timeout(300)  # a deadlocked Ray job hangs silently; fail instead
 
 # Families whose tiny model the session builds (sd is conftest's `tiny`).
-STYLES = ("sd2", "sdxl", "sd-turbo", "sdxl-turbo")
+STYLES = ("sd2", "sdxl", "sd-turbo", "sdxl-turbo", "sd3")
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +60,7 @@ CASES = [
     ("sdxl", None, 5.0, "sdxl"),
     ("sd-turbo", "sd-turbo", None, "sd-turbo"),  # the family's defaults: 4 steps, guidance 0
     ("sdxl-turbo", "sdxl-turbo", None, "sdxl-turbo"),
+    ("sd3", None, 4.0, "sd3"),  # a transformer denoiser; T5 as its third text encoder
 ]
 
 

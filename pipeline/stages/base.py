@@ -244,8 +244,8 @@ class StageWorker:
             return group.images[0].size
         if group.controls:
             return group.controls[0].size
-        unet = getattr(self.pipe, "unet", None)
-        sample = getattr(getattr(unet, "config", None), "sample_size", None)
+        denoiser = getattr(self.pipe, "unet", None) or getattr(self.pipe, "transformer", None)
+        sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
         default = sample * getattr(self.pipe, "vae_scale_factor", 8) if isinstance(sample, int) else 0
         width, height = group.width or default, group.height or default
         rounded = self.family.output_side
