@@ -54,6 +54,8 @@ class Family:
     adapters: bool = True
     # The side an asked side comes out at, where the model rounds it (None: as asked).
     output_side: Callable[[int], int] | None = None
+    # Why a negative prompt is never used, where no guidance_scale makes it count.
+    ignores_negative_prompt: str | None = None
 
     def refusal(self, kind: str, fields: dict[str, Any]) -> tuple[str, str] | None:
         """(field, why) for the first spec field this family cannot honour with these
@@ -64,6 +66,8 @@ class Family:
             for name in ("loras", "controlnet"):
                 if fields.get(name):
                     return name, f"the {self.name} family takes no {name} here"
+        if self.ignores_negative_prompt and fields.get("negative_prompt"):
+            return "negative_prompt", f"{self.name} ignores negative_prompt: {self.ignores_negative_prompt}"
         guidance = fields.get("guidance_scale")
         if (self.guidance_threshold is not None and fields.get("negative_prompt") and guidance is not None
                 and guidance <= self.guidance_threshold):
@@ -160,6 +164,16 @@ FAMILIES: dict[str, Family] = {
             "Stable Diffusion 3 / 3.5 (an MMDiT transformer; two CLIP encoders and T5)",
             ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
             _GENERATING,
+            adapters=False,
+        ),
+        Family(
+            "flux",
+            "FLUX.1 (dev, schnell): a rectified-flow transformer; guidance_scale feeds its guidance embedding",
+            ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
+            _GENERATING,
+            guidance_threshold=None,
+            ignores_negative_prompt="its guidance_scale feeds a guidance embedding, not classifier-free guidance, "
+            "and a negative prompt counts only with true_cfg_scale > 1, which synth does not pass",
             adapters=False,
         ),
         Family(

@@ -171,7 +171,7 @@ def _turbo_scheduler():
 # Checkpoint styles the builder makes, each of a family in pipeline/families.py. sd2 is the
 # sd family's v-prediction style (SD 2.x): same call, another scheduler and UNet config.
 TINY_FAMILIES = {"sd": "sd", "sd2": "sd", "sdxl": "sdxl", "sd-turbo": "sd-turbo", "sdxl-turbo": "sdxl-turbo",
-                 "wuerstchen": "wuerstchen", "stable-cascade": "stable-cascade", "sd3": "sd3",
+                 "wuerstchen": "wuerstchen", "stable-cascade": "stable-cascade", "sd3": "sd3", "flux": "flux",
                  "sd-upscale": "sd-upscale"}
 
 
@@ -205,6 +205,8 @@ def build_tiny_pipeline(kind: str, family: str | None = None):
         return _stable_cascade()
     if family == "sd3":
         return _sd3(kind)
+    if family == "flux":
+        return _flux()
     tokenizer = _tokenizer()
     common = dict(text_encoder=_text_encoder(), tokenizer=tokenizer)
     if family == "sd2":
@@ -302,7 +304,6 @@ def _sd3(kind: str):
     import torch
     from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
                            StableDiffusion3InpaintPipeline, StableDiffusion3Pipeline)
-    from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(0)
     transformer = SD3Transformer2DModel(
@@ -316,9 +317,7 @@ def _sd3(kind: str):
         up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=16, norm_num_groups=32, use_quant_conv=False,
         use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
     )
-    torch.manual_seed(0)
-    t5 = T5EncoderModel(T5Config(vocab_size=40, d_model=_HIDDEN, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                                 pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    t5 = _t5_encoder()
     tokenizer = _tokenizer()
     pipeline_class = StableDiffusion3InpaintPipeline if STAGES[kind].needs_mask else StableDiffusion3Pipeline
     return pipeline_class(
@@ -326,6 +325,39 @@ def _sd3(kind: str):
         text_encoder=_text_encoder(projection=True), tokenizer=tokenizer,
         text_encoder_2=_text_encoder(projection=True), tokenizer_2=tokenizer,
         text_encoder_3=t5, tokenizer_3=_t5_tokenizer(),
+    )
+
+
+def _t5_encoder():
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    return T5EncoderModel(T5Config(vocab_size=40, d_model=_HIDDEN, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                   pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+
+
+def _flux():
+    """FLUX.1's parts, tiny: a transformer with a guidance embedding (as dev has) on 2x2-packed
+    4-channel latents, a CLIP encoder for the pooled prompt, and T5. Its img2img and inpaint
+    pipelines load the same folder."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=_HIDDEN, pooled_projection_dim=_HIDDEN, axes_dims_rope=[4, 4, 8], guidance_embeds=True,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=32, use_quant_conv=False,
+        use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    return FluxPipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_text_encoder(),
+        tokenizer=_tokenizer(), text_encoder_2=_t5_encoder(), tokenizer_2=_t5_tokenizer(),
     )
 
 

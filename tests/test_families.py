@@ -16,7 +16,7 @@ from pipeline.spec import SpecError, parse_spec
 pytestmark = pytest.mark.timeout(300)  # a deadlocked Ray job hangs silently; fail instead
 
 # Families whose tiny model the session builds (sd is conftest's `tiny`).
-STYLES = ("sd2", "sdxl", "sd-turbo", "sdxl-turbo", "sd3")
+STYLES = ("sd2", "sdxl", "sd-turbo", "sdxl-turbo", "sd3", "flux")
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +61,7 @@ CASES = [
     ("sd-turbo", "sd-turbo", None, "sd-turbo"),  # the family's defaults: 4 steps, guidance 0
     ("sdxl-turbo", "sdxl-turbo", None, "sdxl-turbo"),
     ("sd3", None, 4.0, "sd3"),  # a transformer denoiser; T5 as its third text encoder
+    ("flux", None, 3.5, "flux"),  # guidance_scale feeds its guidance embedding
 ]
 
 
@@ -128,7 +129,9 @@ def test_a_named_family_refuses_what_it_would_ignore_at_validation():
         error_of(spec_with("m", family="sdxl-turbo", negative_prompt="blurry"))
     assert "stages.0.kind: the sdxl family has no upscale pipeline" in \
         error_of(job("in.parquet", "out", [{"kind": "upscale", "model": "m", "family": "sdxl"}]))
-    assert "stages.0.family: Input should be 'sd'" in error_of(spec_with("m", family="sd3"))
+    assert "stages.0.family: Input should be 'sd'" in error_of(spec_with("m", family="sd4"))
+    assert "stages.0.negative_prompt: flux ignores negative_prompt: its guidance_scale feeds a guidance embedding" in \
+        error_of(spec_with("m", family="flux", guidance_scale=3.5, negative_prompt="blurry"))
     # Its defaults fill only what the stage leaves out; guidance above 1 takes a negative prompt.
     turbo = parse_spec(spec_with("m", family="sd-turbo", steps=2, guidance_scale=2.0, negative_prompt="x")).stages[0]
     assert (turbo.steps, turbo.guidance_scale) == (2, 2.0)
