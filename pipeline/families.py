@@ -93,8 +93,9 @@ class Family:
             width, height = size
             call.update(original_size=(height, width), target_size=(height, width), crops_coords_top_left=(0, 0))
         if self.renamed or self.fixed:
-            call = {self.renamed.get(name, name): value for name, value in call.items()
-                    if value is not None or name not in ("width", "height")}  # None: the pipeline's default
+            # None (no size, no negative prompt): the pipeline's own default, which for these
+            # families is not always None (PixArt's negative_prompt is "").
+            call = {self.renamed.get(name, name): value for name, value in call.items() if value is not None}
             call.update(self.fixed)
         return call
 
@@ -174,6 +175,17 @@ FAMILIES: dict[str, Family] = {
             guidance_threshold=None,
             ignores_negative_prompt="its guidance_scale feeds a guidance embedding, not classifier-free guidance, "
             "and a negative prompt counts only with true_cfg_scale > 1, which synth does not pass",
+            adapters=False,
+        ),
+        Family(
+            "pixart",
+            "PixArt-α and PixArt-Σ: a DiT on T5 text embeddings",
+            ("PixArtAlphaPipeline", "PixArtSigmaPipeline"),
+            ("txt2img",),
+            # Binning (on by default) snaps the asked size to its aspect-ratio bins and
+            # refuses sample sizes it has no bins for; off, the asked size is the size made.
+            # clean_caption would need bs4 and ftfy, and falls back to off without them.
+            fixed={"use_resolution_binning": False, "clean_caption": False},
             adapters=False,
         ),
         Family(

@@ -172,7 +172,7 @@ def _turbo_scheduler():
 # sd family's v-prediction style (SD 2.x): same call, another scheduler and UNet config.
 TINY_FAMILIES = {"sd": "sd", "sd2": "sd", "sdxl": "sdxl", "sd-turbo": "sd-turbo", "sdxl-turbo": "sdxl-turbo",
                  "wuerstchen": "wuerstchen", "stable-cascade": "stable-cascade", "sd3": "sd3", "flux": "flux",
-                 "sd-upscale": "sd-upscale"}
+                 "pixart-sigma": "pixart", "sd-upscale": "sd-upscale"}
 
 
 def _tokenizer():
@@ -207,6 +207,8 @@ def build_tiny_pipeline(kind: str, family: str | None = None):
         return _sd3(kind)
     if family == "flux":
         return _flux()
+    if family == "pixart-sigma":
+        return _pixart_sigma()
     tokenizer = _tokenizer()
     common = dict(text_encoder=_text_encoder(), tokenizer=tokenizer)
     if family == "sd2":
@@ -359,6 +361,23 @@ def _flux():
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_text_encoder(),
         tokenizer=_tokenizer(), text_encoder_2=_t5_encoder(), tokenizer_2=_t5_tokenizer(),
     )
+
+
+def _pixart_sigma():
+    """PixArt-Σ's parts, tiny: a DiT with learned variance (8 output channels for 4 latent
+    ones) on T5 embeddings, and this module's VAE."""
+    import torch
+    from diffusers import DDIMScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = PixArtTransformer2DModel(
+        sample_size=16, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3,
+        caption_channels=_HIDDEN, in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True,
+        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6,
+    )
+    return PixArtSigmaPipeline(tokenizer=_t5_tokenizer(), text_encoder=_t5_encoder(), vae=_vae(blocks=2),
+                               transformer=transformer, scheduler=DDIMScheduler())
 
 
 def _stable_cascade():

@@ -16,7 +16,7 @@ from pipeline.spec import SpecError, parse_spec
 pytestmark = pytest.mark.timeout(300)  # a deadlocked Ray job hangs silently; fail instead
 
 # Families whose tiny model the session builds (sd is conftest's `tiny`).
-STYLES = ("sd2", "sdxl", "sd-turbo", "sdxl-turbo", "sd3", "flux")
+STYLES = ("sd2", "sdxl", "sd-turbo", "sdxl-turbo", "sd3", "flux", "pixart-sigma")
 
 
 @pytest.fixture(scope="session")
@@ -54,20 +54,23 @@ def direct(pipeline_class: str, model: str, seed: int, **arguments) -> np.ndarra
     return (images[0] * 255).round().astype("uint8")
 
 
-# (style, the family the stage names (None: detected), guidance_scale, the family recorded)
+# (style, the family the stage names (None: detected), guidance_scale, the family recorded,
+# the family's own arguments, as a direct call gives them)
+PIXART = {"use_resolution_binning": False, "clean_caption": False}
 CASES = [
-    ("sd2", None, 5.0, "sd"),  # v-prediction, from the scheduler's config
-    ("sdxl", None, 5.0, "sdxl"),
-    ("sd-turbo", "sd-turbo", None, "sd-turbo"),  # the family's defaults: 4 steps, guidance 0
-    ("sdxl-turbo", "sdxl-turbo", None, "sdxl-turbo"),
-    ("sd3", None, 4.0, "sd3"),  # a transformer denoiser; T5 as its third text encoder
-    ("flux", None, 3.5, "flux"),  # guidance_scale feeds its guidance embedding
+    ("sd2", None, 5.0, "sd", {}),  # v-prediction, from the scheduler's config
+    ("sdxl", None, 5.0, "sdxl", {}),
+    ("sd-turbo", "sd-turbo", None, "sd-turbo", {}),  # the family's defaults: 4 steps, guidance 0
+    ("sdxl-turbo", "sdxl-turbo", None, "sdxl-turbo", {}),
+    ("sd3", None, 4.0, "sd3", {}),  # a transformer denoiser; T5 as its third text encoder
+    ("flux", None, 3.5, "flux", {}),  # guidance_scale feeds its guidance embedding
+    ("pixart-sigma", None, 4.5, "pixart", PIXART),  # binning off: 32 px is made at 32 px
 ]
 
 
-@pytest.mark.parametrize("style, named, guidance, recorded", CASES, ids=[case[0] for case in CASES])
+@pytest.mark.parametrize("style, named, guidance, recorded, own", CASES, ids=[case[0] for case in CASES])
 def test_a_family_runs_through_the_pipeline_and_equals_diffusers(ray_cluster, family_models, tmp_path, style, named,
-                                                                 guidance, recorded):
+                                                                 guidance, recorded, own):
     table = write_table(tmp_path / "in.parquet", {"prompt": ["a red circle"]})
     fields = {"family": named} if named else {"steps": 2}
     if guidance is not None:
@@ -81,11 +84,12 @@ def test_a_family_runs_through_the_pipeline_and_equals_diffusers(ray_cluster, fa
     steps = 2 if not named else 4
     expected = direct("AutoPipelineForText2Image", family_models[style], record["seed"], prompt=["a red circle"],
                       num_inference_steps=steps, guidance_scale=guidance if guidance is not None else 0.0,
-                      width=32, height=32)
+                      width=32, height=32, **own)
     assert np.array_equal(pixels_of(row), expected)
     assert record["family"] == recorded
     arguments = json.loads(record["arguments"])
     assert arguments["num_inference_steps"] == steps and arguments["width"] == 32
+    assert {name: arguments[name] for name in own} == own
     if "sdxl" in style:  # its size conditioning, passed as the size generated at (its default)
         assert (arguments["original_size"], arguments["target_size"]) == ([32, 32], [32, 32])
         assert arguments["crops_coords_top_left"] == [0, 0]
