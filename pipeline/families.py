@@ -56,6 +56,12 @@ class Family:
     output_side: Callable[[int], int] | None = None
     # Why a negative prompt is never used, where no guidance_scale makes it count.
     ignores_negative_prompt: str | None = None
+    # Kandinsky 2.2's prior runs the negative prompts as extra rows and wants a generator
+    # for each: without them it raises IndexError. Each negative gets its own, seeded from
+    # its row's (negative_seed).
+    generators_for_negatives: bool = False
+    # Kandinsky 2.2 returns output_type="pt" images undenormalised, in [-1, 1] and beyond.
+    signed_pt_output: bool = False
 
     def refusal(self, kind: str, fields: dict[str, Any]) -> tuple[str, str] | None:
         """(field, why) for the first spec field this family cannot honour with these
@@ -92,12 +98,25 @@ class Family:
         if self.size_conditioning and kind in _GENERATING:
             width, height = size
             call.update(original_size=(height, width), target_size=(height, width), crops_coords_top_left=(0, 0))
+        if self.generators_for_negatives and call.get("negative_prompt") and isinstance(call.get("generator"), list):
+            call["generator"] = call["generator"] + [negative_generator(g) for g in call["generator"]]
         if self.renamed or self.fixed:
             # None (no size, no negative prompt): the pipeline's own default, which for these
             # families is not always None (PixArt's negative_prompt is "").
             call = {self.renamed.get(name, name): value for name, value in call.items() if value is not None}
             call.update(self.fixed)
         return call
+
+
+def negative_generator(generator):
+    """The generator of a row's negative prompt where a family needs one (Kandinsky 2.2's
+    prior): seeded from the row's, so a row's image depends on its seed alone."""
+    import torch
+
+    return torch.Generator(generator.device).manual_seed((generator.initial_seed() + NEGATIVE_SEED_OFFSET) % 2**63)
+
+
+NEGATIVE_SEED_OFFSET = 1_000_003
 
 
 def _wuerstchen_side(side: int) -> int:
@@ -187,6 +206,17 @@ FAMILIES: dict[str, Family] = {
             # clean_caption would need bs4 and ftfy, and falls back to off without them.
             fixed={"use_resolution_binning": False, "clean_caption": False},
             adapters=False,
+        ),
+        Family(
+            "kandinsky22",
+            "Kandinsky 2.2: a CLIP-image-embedding prior, then a UNet decoder and MoVQ; the stage's steps and "
+            "guidance_scale are the decoder's, the prior runs its default 25 steps at guidance 4",
+            ("KandinskyV22CombinedPipeline",),
+            ("txt2img",),
+            fixed={"prior_num_inference_steps": 25, "prior_guidance_scale": 4.0},
+            adapters=False,
+            generators_for_negatives=True,
+            signed_pt_output=True,
         ),
         Family(
             "sd-upscale",

@@ -172,7 +172,8 @@ def _turbo_scheduler():
 # sd family's v-prediction style (SD 2.x): same call, another scheduler and UNet config.
 TINY_FAMILIES = {"sd": "sd", "sd2": "sd", "sdxl": "sdxl", "sd-turbo": "sd-turbo", "sdxl-turbo": "sdxl-turbo",
                  "wuerstchen": "wuerstchen", "stable-cascade": "stable-cascade", "sd3": "sd3", "flux": "flux",
-                 "pixart-sigma": "pixart", "sd-upscale": "sd-upscale"}
+                 "pixart-sigma": "pixart", "kandinsky22": "kandinsky22",
+                 "sd-upscale": "sd-upscale"}
 
 
 def _tokenizer():
@@ -209,6 +210,8 @@ def build_tiny_pipeline(kind: str, family: str | None = None):
         return _flux()
     if family == "pixart-sigma":
         return _pixart_sigma()
+    if family == "kandinsky22":
+        return _kandinsky22()
     tokenizer = _tokenizer()
     common = dict(text_encoder=_text_encoder(), tokenizer=tokenizer)
     if family == "sd2":
@@ -378,6 +381,53 @@ def _pixart_sigma():
     )
     return PixArtSigmaPipeline(tokenizer=_t5_tokenizer(), text_encoder=_t5_encoder(), vae=_vae(blocks=2),
                                transformer=transformer, scheduler=DDIMScheduler())
+
+
+def _kandinsky22():
+    """Kandinsky 2.2's parts, tiny: a prior transformer from CLIP text to CLIP image
+    embeddings (with a 32 px CLIP vision encoder for its empty-image embedding), a UNet
+    decoder conditioned on image embeddings (learned variance: 8 output channels), MoVQ."""
+    import torch
+    from diffusers import (DDIMScheduler, KandinskyV22CombinedPipeline, PriorTransformer, UnCLIPScheduler,
+                           UNet2DConditionModel, VQModel)
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=_HIDDEN, num_layers=1)
+    # clip_std is 0 at initialisation, which would make every image embedding 0.
+    prior.clip_std = torch.nn.Parameter(torch.ones(prior.clip_std.shape))
+    torch.manual_seed(0)
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=_HIDDEN, image_size=32, projection_dim=_HIDDEN, intermediate_size=37, num_attention_heads=4,
+        num_channels=3, num_hidden_layers=2, patch_size=8,
+    ))
+    image_processor = CLIPImageProcessor(
+        crop_size=32, do_center_crop=True, do_normalize=True, do_resize=True, resample=3, size=32,
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        in_channels=4, out_channels=8, addition_embed_type="image", block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", encoder_hid_dim=_HIDDEN, encoder_hid_dim_type="image_proj",
+        cross_attention_dim=_HIDDEN, attention_head_dim=4, resnet_time_scale_shift="scale_shift", class_embed_type=None,
+    )
+    torch.manual_seed(0)
+    movq = VQModel(
+        block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"], in_channels=3,
+        latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial", num_vq_embeddings=12,
+        out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"], vq_embed_dim=4,
+    )
+    return KandinskyV22CombinedPipeline(
+        unet=unet, movq=movq, prior_prior=prior, prior_image_encoder=image_encoder,
+        prior_text_encoder=_text_encoder(projection=True), prior_tokenizer=_tokenizer(),
+        prior_image_processor=image_processor,
+        scheduler=DDIMScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                                set_alpha_to_one=False, steps_offset=1),
+        prior_scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample", clip_sample=True,
+                                        clip_sample_range=10.0),
+    )
 
 
 def _stable_cascade():

@@ -16,7 +16,7 @@ from pipeline.spec import SpecError, parse_spec
 pytestmark = pytest.mark.timeout(300)  # a deadlocked Ray job hangs silently; fail instead
 
 # Families whose tiny model the session builds (sd is conftest's `tiny`).
-STYLES = ("sd2", "sdxl", "sd-turbo", "sdxl-turbo", "sd3", "flux", "pixart-sigma")
+STYLES = ("sd2", "sdxl", "sd-turbo", "sdxl-turbo", "sd3", "flux", "pixart-sigma", "kandinsky22")
 
 
 @pytest.fixture(scope="session")
@@ -242,3 +242,39 @@ def test_wuerstchen_refuses_what_it_has_no_pipeline_or_argument_for(wuerstchen, 
     detected = parse_spec(job("in.parquet", "out", [{"kind": "img2img", "model": wuerstchen}]))
     with pytest.raises(SpecError, match=r"^stages.0.kind: the wuerstchen family has no img2img pipeline"):
         preflight.check_models(detected)
+
+
+def test_kandinsky_runs_negative_prompts_in_a_batch_that_diffusers_alone_refuses(ray_cluster, family_models, tmp_path):
+    import diffusers
+
+    from pipeline.families import negative_generator
+
+    model = family_models["kandinsky22"]
+    prompts = ["a red circle", "a blue square"]
+    arguments = dict(prompt=prompts, negative_prompt=["blurry"] * 2, num_inference_steps=2, guidance_scale=4.0,
+                     width=32, height=32)
+    # diffusers 0.42's prior runs the negative prompts as extra rows, each needing a generator:
+    # with one per prompt, a batch of two fails.
+    pipe = diffusers.AutoPipelineForText2Image.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(IndexError):
+        pipe(generator=[torch.Generator().manual_seed(i) for i in range(2)], prior_num_inference_steps=2, **arguments)
+
+    table = write_table(tmp_path / "in.parquet", {"prompt": prompts, "negative_prompt": ["blurry"] * 2})
+    run_job(parse_spec(job(table, str(tmp_path / "out"), [stage("txt2img", model, batch_size=2, guidance_scale=4.0)])))
+    rows = {row["prompt"]: row for row in read_metadata(str(tmp_path / "out"))}
+    seeds = [rows[prompt]["stages"][0]["seed"] for prompt in prompts]
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    pipe = diffusers.AutoPipelineForText2Image.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the stage actors run here
+    try:
+        images = pipe(generator=generators + [negative_generator(g) for g in generators], prior_num_inference_steps=25,
+                      prior_guidance_scale=4.0, output_type="np", **arguments).images
+    finally:
+        torch.set_num_threads(before)
+    for prompt, image in zip(prompts, images):  # pt output denormalised as diffusers' np output is
+        assert np.array_equal(pixels_of(rows[prompt]), (image * 255).round().astype("uint8")), prompt
+        assert rows[prompt]["stages"][0]["family"] == "kandinsky22"
+    assert json.loads(rows[prompts[0]]["stages"][0]["arguments"])["prior_num_inference_steps"] == 25

@@ -525,6 +525,8 @@ class StageWorker:
             with torch.inference_mode():
                 output = self.generate(group)
                 pixels = output.images
+                if self.family.signed_pt_output:  # as diffusers' own np/pil path does
+                    pixels = (pixels * 0.5 + 0.5).clamp(0, 1)
                 # NaN check and float -> uint8 on the device, before the copy to the host.
                 bad = torch.isnan(pixels).flatten(1).any(dim=1).cpu().numpy()
                 pixels = (pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
