@@ -4,7 +4,8 @@ pipeline's arguments, and which spec fields it would silently ignore, and so ref
 
 Validation (an explicit `family` on a stage), preflight (the family detected from a model's
 model_index.json), the stage worker (the arguments it passes and records) and the README's
-family table all read these declarations. Nothing here imports torch or diffusers.
+family table all read these declarations. Nothing here imports torch or diffusers when
+imported (the CLI and spec validation stay fast).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Family:
     ignores_negative_prompt: str | None = None
     # Kandinsky 2.2's prior runs the negative prompts as extra rows and wants a generator
     # for each: without them it raises IndexError. Each negative gets its own, seeded from
-    # its row's (negative_seed).
+    # its row's (negative_generator).
     generators_for_negatives: bool = False
     # Kandinsky 2.2 returns output_type="pt" images undenormalised, in [-1, 1] and beyond.
     signed_pt_output: bool = False
