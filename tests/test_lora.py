@@ -121,3 +121,19 @@ def test_adapters_are_safetensors_files_that_exist(tiny, tmp_path):
     raw["stages"][0]["loras"][0]["path"] = str(tmp_path / "missing.safetensors")
     with pytest.raises(SpecError, match=r"stages.0.loras.0.path: no file .*missing.safetensors"):
         preflight.check_models(parse_spec(raw))
+
+
+def test_an_adapter_on_s3_is_fetched_once_and_gives_the_local_files_output(tiny, adapters, s3):
+    bucket, options, fs = s3
+    fs.put_file(adapters["a"], f"{bucket}/loras/a.safetensors")
+    batch = prepared({"prompt": ["a red circle"]}, {"prompt": "prompt"})
+    remote = [{"path": f"{bucket}/loras/a.safetensors", "name": "a", "weight": 0.5}]
+    raw = job("in.parquet", "out", [stage("txt2img", tiny["txt2img"], loras=remote)], storage_options=options)
+    preflight.check_models(parse_spec(raw))  # the object is there
+    out = WORKERS["txt2img"](stage("txt2img", tiny["txt2img"], loras=remote), storage_options=options)(batch)
+    local = [{"path": adapters["a"], "name": "a", "weight": 0.5}]
+    expected = WORKERS["txt2img"](stage("txt2img", tiny["txt2img"], loras=local))(batch)
+    assert np.array_equal(pixels(out, [0]), pixels(expected, [0]))
+    raw["stages"][0]["loras"][0]["path"] = f"{bucket}/loras/missing.safetensors"
+    with pytest.raises(SpecError, match=r"stages.0.loras.0.path: no object s3://.*missing.safetensors"):
+        preflight.check_models(parse_spec(raw))
