@@ -1,4 +1,4 @@
-"""Full-size SD1.5 and SDXL architectures from their published configs, with random weights.
+"""Full-size SD1.5, SDXL and SDXL-Turbo architectures from their published configs, with random weights.
 
 Same layers and so the same FLOPs as the real models, without downloading them: the GPU
 profile of the benchmark measures throughput and share of peak on these. The images are
@@ -14,7 +14,11 @@ from pathlib import Path
 FLOPS = {
     "sd15": {"unet": 0.803, "vae_decode": 2.5, "text": 0.013, "size": 512},
     "sdxl": {"unet": 6.76, "vae_decode": 10.5, "text": 0.013 + 0.09, "size": 1024},
+    # SDXL's architecture at its distilled size, 512 px; its VAE is SD1.5's at 512.
+    "sdxl-turbo": {"unet": 1.589, "vae_decode": 2.5, "text": 0.013 + 0.09, "size": 512},
 }
+# Generation settings a profile is run at unless the command line says otherwise.
+SETTINGS = {"sdxl-turbo": {"steps": 4, "guidance_scale": 0.0}}
 
 
 def tflop_per_image(profile: str, steps: int, guidance_scale: float) -> float:
@@ -59,12 +63,51 @@ def _vae(scaling_factor: float, size: int):
     )
 
 
-def _scheduler():
-    from diffusers import DPMSolverMultistepScheduler
+def _scheduler(profile: str):
+    from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
 
+    if profile == "sdxl-turbo":  # as published: Euler ancestral, trailing timesteps
+        return EulerAncestralDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing",
+            steps_offset=1,
+        )
     return DPMSolverMultistepScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
     )
+
+
+def sdxl_unet():
+    """SDXL's UNet (also SDXL-Turbo's), from its published config."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=128,
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=2,
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        cross_attention_dim=2048,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )
+
+
+def unet_tflop(unet, side: int, context: int, added: dict | None = None) -> float:
+    """TFLOP of one forward of a UNet at `side` px (latents side / 8), counted by torch's
+    FlopCounterMode. On the meta device it costs no memory and a few seconds."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(unet.parameters()).device
+    latents = torch.zeros(1, unet.config.in_channels, side // 8, side // 8, device=device)
+    states = torch.zeros(1, 77, context, device=device)
+    with FlopCounterMode(display=False) as counter:
+        unet(latents, torch.tensor([10], device=device), encoder_hidden_states=states, added_cond_kwargs=added)
+    return counter.get_total_flops() / 1e12
 
 
 def build(profile: str):
@@ -97,38 +140,25 @@ def build(profile: str):
             text_encoder=_clip(768, 12, 12, 3072, 768, with_projection=False),
             tokenizer=tokenizer,
             unet=unet,
-            scheduler=_scheduler(),
+            scheduler=_scheduler(profile),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
         )
-    if profile == "sdxl":
-        from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    if profile in ("sdxl", "sdxl-turbo"):
+        from diffusers import StableDiffusionXLPipeline
 
-        unet = UNet2DConditionModel(
-            sample_size=128,
-            block_out_channels=(320, 640, 1280),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            layers_per_block=2,
-            transformer_layers_per_block=(1, 2, 10),
-            attention_head_dim=(5, 10, 20),
-            cross_attention_dim=2048,
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,
-        )
+        unet = sdxl_unet()
         return StableDiffusionXLPipeline(
-            vae=_vae(0.13025, 1024),
+            vae=_vae(0.13025, FLOPS[profile]["size"]),
             text_encoder=_clip(768, 12, 12, 3072, 768, with_projection=False),
             text_encoder_2=_clip(1280, 32, 20, 5120, 1280, with_projection=True),
             tokenizer=tokenizer,
             tokenizer_2=tokenizer,
             unet=unet,
-            scheduler=_scheduler(),
+            scheduler=_scheduler(profile),
         )
-    raise ValueError(f"unknown profile {profile!r}: sd15 or sdxl")
+    raise ValueError(f"unknown profile {profile!r}: {', '.join(FLOPS)}")
 
 
 def write_model(out_dir: str | Path, profile: str) -> Path:

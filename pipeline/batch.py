@@ -20,6 +20,7 @@ import numpy as np
 ID = "id"
 PROMPT = "prompt"
 NEGATIVE_PROMPT = "negative_prompt"
+LORA = "lora"  # the adapter a row picks by name ("": the stage's whole set)
 IMAGE = "image"
 WIDTH = "image_width"
 HEIGHT = "image_height"
@@ -28,6 +29,10 @@ HEIGHT = "image_height"
 SOURCE_WIDTH = "source_width"
 SOURCE_HEIGHT = "source_height"
 MASK = "mask"
+# A ControlNet's conditioning image, decoded RGB (as IMAGE), and its size (0: none).
+CONTROL = "control_image"
+CONTROL_WIDTH = "control_width"
+CONTROL_HEIGHT = "control_height"
 MASK_WIDTH = "mask_width"
 MASK_HEIGHT = "mask_height"
 SEED = "seed"

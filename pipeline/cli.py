@@ -85,8 +85,11 @@ def cmd_serve(args) -> int:
 def cmd_tiny_model(args) -> int:
     from pipeline.tiny_models import write_tiny_model
 
-    path = write_tiny_model(args.out_dir, args.kind)
-    print(f"synth: tiny random-weight {args.kind} model written to {path}")
+    try:
+        path = write_tiny_model(args.out_dir, args.kind, args.family)
+    except ValueError as error:  # a family without this kind
+        raise SystemExit(f"synth: {error}") from None
+    print(f"synth: tiny random-weight {args.kind} model{f' ({args.family})' if args.family else ''} written to {path}")
     return 0
 
 
@@ -136,13 +139,16 @@ def cmd_bench(args) -> int:
         levels = tuple(int(level) for level in args.concurrency.split(","))
         bench_serve(args.url, levels, args.requests_per_thread, os.environ.get("SYNTH_API_KEY"), args.out)
         return 0
+    from benchmarks.architectures import FLOPS, SETTINGS
     from benchmarks.harness import Workload, bench
 
-    sizes = {"tiny": 64, "sd15": 512, "sdxl": 1024}
-    size = args.size or sizes[args.profile]
+    size = args.size or (64 if args.profile == "tiny" else FLOPS[args.profile]["size"])
+    settings = {"steps": 8, "guidance_scale": 7.5, **SETTINGS.get(args.profile, {})}  # the command line wins
+    steps = settings["steps"] if args.steps is None else args.steps
+    guidance = settings["guidance_scale"] if args.guidance_scale is None else args.guidance_scale
     work = Workload(
-        profile=args.profile, rows=args.rows, batch_size=args.batch_size, steps=args.steps, width=size,
-        height=size, guidance_scale=args.guidance_scale, image_format=args.format, peak_tflops=args.peak_tflops,
+        profile=args.profile, rows=args.rows, batch_size=args.batch_size, steps=steps, width=size,
+        height=size, guidance_scale=guidance, image_format=args.format, peak_tflops=args.peak_tflops,
     )
     bench(work, out=args.out)
     return 0
@@ -168,7 +174,7 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.tiny_models import KINDS
+    from pipeline.tiny_models import KINDS, TINY_FAMILIES
 
     parser = argparse.ArgumentParser(prog="synth", description="Ray-distributed batch image generation.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -201,14 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("out_dir")
     demo.set_defaults(func=cmd_demo)
     bench = commands.add_parser("bench", help="benchmark: bare diffusers loop vs the full pipeline, one run")
-    bench.add_argument("--profile", choices=["tiny", "sd15", "sdxl"], default="tiny",
-                       help="tiny: CPU profile; sd15/sdxl: full architectures, random weights (for a GPU)")
+    bench.add_argument("--profile", choices=["tiny", "sd15", "sdxl", "sdxl-turbo"], default="tiny",
+                       help="tiny: CPU profile; sd15/sdxl/sdxl-turbo: full architectures, random weights (for a GPU)")
     bench.add_argument("--size", type=int, default=None, help="image side in px (default: the profile's)")
-    bench.add_argument("--guidance-scale", type=float, default=7.5)
+    bench.add_argument("--guidance-scale", type=float, default=None,
+                       help="default 7.5 (sdxl-turbo: 0)")
     bench.add_argument("--peak-tflops", type=float, default=790.0, help="device peak, for share of peak")
     bench.add_argument("--rows", type=int, default=256)
     bench.add_argument("--batch-size", type=int, default=16)
-    bench.add_argument("--steps", type=int, default=8)
+    bench.add_argument("--steps", type=int, default=None, help="default 8 (sdxl-turbo: 4)")
     bench.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
     bench.add_argument("--out", default=None, help="write the results as JSON here")
     bench.add_argument("--serve", action="store_true",
@@ -256,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny-model", help="write a tiny random-weight diffusers model folder")
     tiny.add_argument("out_dir")
     tiny.add_argument("--kind", choices=KINDS, required=True)
+    tiny.add_argument("--family", choices=TINY_FAMILIES, default=None,
+                      help="the model family's style (sd2: SD 2.x v-prediction); default: sd (sd-upscale for upscale)")
     tiny.set_defaults(func=cmd_tiny_model)
     return parser
 

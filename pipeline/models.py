@@ -239,6 +239,31 @@ def check_model_source(
     return found
 
 
+def pipeline_class_name(
+    model: str, revision: str | None = None, storage_options: dict[str, Any] | None = None
+) -> str | None:
+    """The pipeline class model_index.json names (its `_class_name`), read where that costs
+    no download: a local, built-in or s3 model, or a hub model already in the cache. None
+    for a hub model not cached (its workers detect its family once they load it)."""
+    source = model_source(model)
+    try:
+        if source == "s3":
+            fs, inner = storage.filesystem(model, storage_options)
+            index = fs.cat_file(storage.join(inner, "model_index.json"))
+        elif source in ("local", "builtin"):
+            folder = builtin_folder(model) if source == "builtin" else Path(model.removeprefix("file://")).expanduser()
+            index = (folder / "model_index.json").read_bytes()
+        else:
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(model, revision=revision, allow_patterns=["model_index.json"],
+                                       local_files_only=True)
+            index = (Path(folder) / "model_index.json").read_bytes()
+    except Exception:  # check_model_source has said what is wrong with a model that is not there
+        return None
+    return json.loads(index).get("_class_name") or None
+
+
 def _check_kind(model: str, kind: str, pipeline_class: str) -> None:
     """The x4 upscaler and the generators are different pipelines: each loads only as its own."""
     from pipeline.stages import STAGES
@@ -406,23 +431,71 @@ def torch_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
+def register_moved_classes() -> None:
+    """Let model folders name the classes diffusers moved to `pipelines/deprecated`.
+
+    Würstchen's components (and Stable Cascade's VQGAN) now live in
+    diffusers.pipelines.deprecated.wuerstchen; a model_index.json names them by library
+    "wuerstchen" (hub checkpoints) or "diffusers" (folders saved by diffusers 0.42 itself),
+    and neither resolves any more, so such a pipeline does not load. Registering the module
+    under its old name, and its classes on the package, makes both load."""
+    import sys
+
+    import diffusers
+    import diffusers.pipelines as pipelines
+    from diffusers.pipelines.deprecated import wuerstchen
+
+    if "diffusers.pipelines.wuerstchen" not in sys.modules:
+        sys.modules["diffusers.pipelines.wuerstchen"] = wuerstchen
+        setattr(pipelines, "wuerstchen", wuerstchen)
+    for name in ("WuerstchenPrior", "WuerstchenDiffNeXt", "PaellaVQModel"):
+        if not hasattr(diffusers, name):
+            setattr(diffusers, name, getattr(wuerstchen, name))
+
+
+def check_controlnet(model: str, allow_pickle: bool = False) -> None:
+    """Fail fast (in the driver) when a ControlNet is not a ControlNetModel folder (local) or
+    repository (hub: checked when cached or reachable); ModelError saying what is wrong."""
+    if model_source(model) == "local":
+        folder = Path(model.removeprefix("file://")).expanduser()
+        config = folder / "config.json"
+        if not config.is_file():
+            raise ModelError(f"no diffusers ControlNet at {folder}: config.json not found there")
+        if "ControlNet" not in json.loads(config.read_text()).get("_class_name", ""):
+            raise ModelError(f"{folder} holds a {json.loads(config.read_text()).get('_class_name')}, not a ControlNet")
+        if not allow_pickle:
+            refuse_pickles([p.name for p in folder.iterdir() if p.is_file()], str(folder))
+        return
+    from huggingface_hub import file_exists, try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(model, "config.json"), str) and not file_exists(model, "config.json"):
+        raise ModelError(f"no ControlNet {model!r} on the Hugging Face hub (no config.json there){_no_local_folder(model)}")
+
+
 def load_pipeline(
-    kind: str, resolved: ResolvedModel, dtype: str, device: str, scheduler: str | None = None, allow_pickle: bool = False
+    kind: str, resolved: ResolvedModel, dtype: str, device: str, scheduler: str | None = None, allow_pickle: bool = False,
+    controlnet: str | None = None,
 ):
-    """Load the diffusers pipeline that serves a stage kind from a resolved model folder."""
+    """Load the diffusers pipeline that serves a stage kind from a resolved model folder;
+    with a ControlNet (a local folder or hub id), the kind's ControlNet pipeline."""
     import diffusers
 
     from pipeline.stages import STAGES
 
     declared = STAGES[kind]
+    register_moved_classes()
     # Pickles in user folders were refused in preflight; remote models arrive without them;
     # a hub cache may still hold some from other downloads, which use_safetensors=True
-    # never opens.
+    # never opens. None: prefer safetensors, fall back to pickles only where explicitly allowed.
+    weights = dict(dtype=torch_dtype(dtype, device), use_safetensors=None if allow_pickle else True)
+    extra = {}
+    if controlnet:
+        try:
+            extra["controlnet"] = diffusers.ControlNetModel.from_pretrained(controlnet.removeprefix("file://"), **weights)
+        except Exception as error:
+            raise ModelError(f"cannot load the ControlNet {controlnet!r}: {type(error).__name__}: {error}") from None
     try:
-        pipe = getattr(diffusers, declared.pipeline_class).from_pretrained(
-            # None: prefer safetensors, fall back to pickles only where explicitly allowed.
-            resolved.path, dtype=torch_dtype(dtype, device), use_safetensors=None if allow_pickle else True
-        )
+        pipe = getattr(diffusers, declared.pipeline_class).from_pretrained(resolved.path, **weights, **extra)
     except Exception as error:
         raise ModelError(f"cannot load {resolved.source!r} as a {kind} pipeline: {type(error).__name__}: {error}") from None
     if declared.upscaler and "Upscale" not in type(pipe).__name__:

@@ -41,6 +41,16 @@ Strength = Annotated[
     ),
 ]
 Side = Annotated[int, Field(ge=8), AfterValidator(multiple_of_8)]
+ControlScale = Annotated[
+    float,
+    Field(
+        ge=0,
+        le=10,
+        allow_inf_nan=False,
+        description="How strongly the ControlNet's conditioning image steers the image; 0 turns it off (the "
+        "base model's image, at the ControlNet's cost).",
+    ),
+]
 
 # The parameters a row may override, in the order the pipeline's columns carry them. The
 # row's seed is overridable too, but it is the row's, not a stage's (see prepare.py).
@@ -50,6 +60,7 @@ ROW_PARAMS: dict[str, Any] = {
     "strength": Strength,
     "width": Side,
     "height": Side,
+    "controlnet_conditioning_scale": ControlScale,
 }
 
 

@@ -14,7 +14,9 @@ from typing import Any
 from pipeline import storage
 from pipeline.io.reader import input_shape
 from pipeline.keys import id_text
-from pipeline.models import ModelError, check_model_source, model_source
+from pipeline.families import resolve_family
+from pipeline.lora import check_lora, lora_source
+from pipeline.models import ModelError, check_controlnet, check_model_source, model_source, pipeline_class_name
 from pipeline.params import ROW_PARAMS
 from pipeline.spec import JobSpec, SpecError
 
@@ -33,6 +35,11 @@ def absolute_paths(spec: JobSpec) -> JobSpec:
     for stage in data["stages"]:
         if model_source(stage["model"]) == "local":
             stage["model"] = fix(stage["model"])
+        if stage.get("controlnet") and model_source(stage["controlnet"]) == "local":
+            stage["controlnet"] = fix(stage["controlnet"])
+        for lora in stage["loras"]:
+            if lora_source(lora["path"]) == "local":
+                lora["path"] = fix(lora["path"])
     return JobSpec.model_validate(data)
 
 
@@ -52,6 +59,8 @@ def check_input(spec: JobSpec) -> InputColumns:
     names = set(shape.schema.names)
     # Only the roles this job uses: an `image` column in a txt2img job's table is not read.
     used = {"prompt", "negative_prompt", *spec.required_roles()}
+    if any(stage.loras for stage in spec.stages):
+        used.add("lora")
     columns = spec.input.columns.model_dump()
     roles = {role: columns[role] for role in used if columns[role] in names}
     needed = {f"input.columns.{role}": (getattr(spec.input.columns, role), f" ({reason})")
@@ -69,6 +78,13 @@ def check_input(spec: JobSpec) -> InputColumns:
         lacking = shape.first_file_without(column)
         if lacking:  # the other reads would give its rows nulls: refuse it whole, by name
             raise SpecError(f"{field}: column {column!r} is not in {lacking}, one of the input's files{reason}")
+    if "lora" in roles:
+        for index, stage in enumerate(spec.stages):
+            if stage.loras and stage.fuse_loras:
+                raise SpecError(
+                    f"stages.{index}.fuse_loras: rows pick an adapter through column {roles['lora']!r} "
+                    "(input.columns.lora), which needs the adapters kept apart; set fuse_loras: false"
+                )
     if spec.input.id_column:
         _check_unique_ids(spec, list(shape.files))
     # Only the parameters some stage takes: a `strength` column in a txt2img-only table, or
@@ -141,7 +157,36 @@ def check_models(spec: JobSpec) -> list[str | None]:
             raise SpecError(f"stages.{index}.model: {error}") from None
         except Exception as error:  # unreachable endpoint, permissions
             raise SpecError(f"stages.{index}.model: cannot reach {stage.model}: {type(error).__name__}: {error}") from None
+        check_family(spec, index, pipeline_class_name(stage.model, stage.revision, spec.storage_options))
+        if getattr(stage, "controlnet", None):
+            try:
+                check_controlnet(stage.controlnet, stage.allow_pickle)
+            except Exception as error:
+                raise SpecError(f"stages.{index}.controlnet: {error}") from None
+        for number, lora in enumerate(stage.loras):
+            try:
+                check_lora(lora.path, spec.storage_options)
+            except Exception as error:
+                raise SpecError(f"stages.{index}.loras.{number}.path: {error}") from None
     return revisions
+
+
+def check_family(spec: JobSpec, index: int, pipeline_class: str | None) -> None:
+    """The stage's model is of a family synth declares (the one the stage names, if any), and
+    that family takes every field the stage sets. None: a hub model not cached, whose
+    workers check the same once they load it."""
+    stage = spec.stages[index]
+    if pipeline_class is None:
+        return
+    try:
+        family = resolve_family(stage.family, pipeline_class, stage.model)
+    except ValueError as error:
+        raise SpecError(f"stages.{index}.{'family' if stage.family else 'model'}: {error}") from None
+    problem = family.refusal(stage.kind, stage.model_dump())
+    if problem:
+        field, why = problem
+        detected = "" if stage.family else f" (the family detected from its {pipeline_class})"
+        raise SpecError(f"stages.{index}.{field}: {why}{detected}")
 
 
 def pin_models(spec: JobSpec, revisions: list[str | None]) -> JobSpec:
@@ -176,6 +221,8 @@ def override_owners(spec: JobSpec, overrides: dict[str, str]) -> list[list[str]]
         if param == "seed":
             continue
         for index, stage in enumerate(spec.stages):
+            if param == "controlnet_conditioning_scale" and not getattr(stage, "controlnet", None):
+                continue  # the first stage with a ControlNet takes it
             if param in stage.row_params():
                 owners[index].append(param)
                 break

@@ -47,6 +47,7 @@ STAGE_RECORD: tuple[RecordField, ...] = (
     RecordField("kind", "string", "stage"),
     RecordField("model", "string", "stage"),
     RecordField("model_revision", "string", "worker"),
+    RecordField("family", "string", "worker"),
     RecordField("scheduler", "string", "stage"),
     RecordField("dtype", "string", "stage"),
     RecordField("negative_prompt", "string", "row", "ran"),
@@ -55,6 +56,9 @@ STAGE_RECORD: tuple[RecordField, ...] = (
     RecordField("guidance_scale", "float64", "worker", "ran"),
     RecordField("strength", "float64", "worker", "ran"),
     RecordField("noise_level", "int32", "stage"),
+    # The pipeline call's settings as JSON (every argument but the rows' prompts, images and
+    # generators), after the family's adapter: what the model was actually given.
+    RecordField("arguments", "string", "worker", "ran"),
     RecordField("width", "int32", "worker", "made"),
     RecordField("height", "int32", "worker", "made"),
     RecordField("seconds", "float64", "worker", "made"),

@@ -84,6 +84,16 @@ class Columns(Strict):
         "mask",
         description="Column with the inpainting mask (white = regenerate), bytes or URI. Needed by inpaint.",
     )
+    control_image: str = Field(
+        "control_image",
+        description="Column with the ControlNet conditioning image (bytes or URI, read as image is). Needed by "
+        "a stage with a controlnet.",
+    )
+    lora: str = Field(
+        "lora",
+        description="Column with the name of the LoRA adapter a row runs with, one of each stage's loras "
+        "(those stages need fuse_loras: false); empty: the stage's whole set.",
+    )
 
 
 OverrideColumns = create_model(
@@ -250,6 +260,8 @@ class JobSpec(Strict):
         for index, stage in enumerate(self.stages):
             if stage.needs_mask:
                 needs.setdefault("mask", f"stages.{index} ({stage.kind}) needs a mask")
+            if getattr(stage, "controlnet", None):
+                needs.setdefault("control_image", f"stages.{index} ({stage.kind}) conditions its controlnet on it")
         return needs
 
 

@@ -22,7 +22,7 @@ from pipeline.keys import content_id, derive_seed, id_text
 from pipeline.params import ROW_PARAMS, check_cell
 
 
-ROLES = ("prompt", "negative_prompt", "image", "mask")
+ROLES = ("prompt", "negative_prompt", "image", "mask", "lora", "control_image")
 
 
 @dataclass(frozen=True)
@@ -122,12 +122,12 @@ def _as_read(name: str, value: Any) -> Any:
     a path field); reading them together widens the type, which must not change an id."""
     if value is None:
         return None
-    if name in ("prompt", "negative_prompt"):
+    if name in ("prompt", "negative_prompt", "lora"):
         try:
             return value if isinstance(value, str) else id_text(value)
         except UnicodeDecodeError:
             return value
-    if name in ("image", "mask"):
+    if name in ("image", "mask", "control_image"):
         value = images.cell_value(value)
         if isinstance(value, (bytes, bytearray)) and images.looks_like_uri(value):
             return bytes(value).decode("utf-8")
@@ -284,6 +284,8 @@ def canonical_batch(rows, rules: RowRules = RowRules(), done: Iterable[str] = fr
         B.ID: B.object_column(ids),
         B.PROMPT: B.object_column(prompts),
         B.NEGATIVE_PROMPT: B.object_column([v or "" for v in negatives]),
+        B.LORA: B.object_column([v or "" for v in _texts(data.get(rules.roles.get("lora"), [None] * count), "lora",
+                                                           errors)]),
         B.SEED: seeds,
     }
     # 3. Per-row parameter overrides (NaN = use the stage's value), checked here.
@@ -300,6 +302,7 @@ def canonical_batch(rows, rules: RowRules = RowRules(), done: Iterable[str] = fr
     for role, mode, names in (
         ("image", "RGB", (B.IMAGE, B.WIDTH, B.HEIGHT)),
         ("mask", "L", (B.MASK, B.MASK_WIDTH, B.MASK_HEIGHT)),
+        ("control_image", "RGB", (B.CONTROL, B.CONTROL_WIDTH, B.CONTROL_HEIGHT)),
     ):
         if role in rules.roles:
             columns = _load_images(data[rules.roles[role]], rules, mode, role, errors)

@@ -7,6 +7,7 @@ directly, and may hand it a pipeline they already loaded.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline import batch as B
+from pipeline.families import ROW_ARGUMENTS, resolve_family
 from pipeline.keys import batch_name, stage_seed
 from pipeline.params import ROW_PARAMS
 from pipeline.record import WORKER_FIELDS
@@ -39,6 +41,9 @@ class Group:
     height: int
     images: list[Any] | None = None  # PIL RGB inputs (img2img, inpaint, upscale)
     masks: list[Any] | None = None  # PIL L masks (inpaint)
+    lora: str = ""  # the adapter the rows pick ("": the stage's whole set; see pipeline/lora.py)
+    controls: list[Any] | None = None  # PIL RGB ControlNet conditioning images, at the output size
+    control_scale: float = float("nan")
 
 
 def _multiple_of_8(pixels: float) -> int:
@@ -169,38 +174,82 @@ class StageWorker:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
             model = resolve_model(self.spec.model, self.spec.revision, storage_options, self.spec.allow_pickle)
             pipe = load_pipeline(
-                self.kind, model, self.spec.dtype, self.device, self.spec.scheduler, self.spec.allow_pickle
+                self.kind, model, self.spec.dtype, self.device, self.spec.scheduler, self.spec.allow_pickle,
+                controlnet=getattr(self.spec, "controlnet", None),
             )
             revision = model.revision
         else:
             self.device = pipe.device.type
         self.pipe = pipe
         self.revision = revision
+
+        # 3. The model's family: the one the stage names (which must fit the model), else the
+        # one its pipeline class tells. Preflight checked the same before any GPU was held;
+        # Serve replicas and uncached hub models are checked here, on load.
+        try:
+            self.family = resolve_family(self.spec.family, type(pipe).__name__, self.spec.model)
+        except ValueError as error:
+            raise ValueError(f"stages.{index}.{'family' if self.spec.family else 'model'}: {error}") from None
+        problem = self.family.refusal(self.kind, self.spec.model_dump())
+        if problem:
+            raise ValueError(f"stages.{index}.{problem[0]}: {problem[1]}")
+
+        # 4. LoRA adapters, loaded (and fused, unless rows pick among them) once.
+        from pipeline.lora import Adapters
+
+        self.adapters = Adapters(pipe, self.spec.loras, storage_options, self.spec.fuse_loras)
         self.device_label = _device_label(self.device)
         self.timer = PartTimer(self.pipe, self.device)
 
     # ------------------------------------------------------------ subclass hooks
 
+    def arguments(self, group: Group) -> dict[str, Any]:
+        """This kind's pipeline arguments for one group, as Stable Diffusion names them
+        (prompt, negative_prompt, num_inference_steps, guidance_scale, generator, ...);
+        the model's family adapts them (pipeline/families.py)."""
+        raise NotImplementedError
+
+    def call_arguments(self, group: Group) -> dict[str, Any]:
+        """The arguments the pipeline is called with for this group."""
+        call = self.arguments(group)
+        if group.controls is not None:
+            call.update(control=group.controls, controlnet_conditioning_scale=group.control_scale)
+        return {**self.family.arguments(self.kind, call, self.output_size(group)), "output_type": "pt"}
+
     def generate(self, group: Group):
         """Run the diffusers pipeline on one group with output_type="pt"; return its output
         (`.images`: a (n, 3, H, W) tensor in [0, 1])."""
-        raise NotImplementedError
+        self.adapters.use(group.lora)
+        return self.pipe(**self.call_arguments(group))
 
     def row_error(self, batch: dict[str, np.ndarray], row: int) -> str | None:
         """A reason this row cannot run in this stage, or None."""
         if self.spec.needs_image and not batch[B.WIDTH][row]:
             return f"stages.{self.index} ({self.kind}): the row has no input image"
+        problem = self.adapters.row_error(self._pick(batch, row))
+        if problem:
+            return f"stages.{self.index} ({self.kind}): lora: {problem}"
+        if getattr(self.spec, "controlnet", None) and not batch[B.CONTROL_WIDTH][row]:
+            return f"stages.{self.index} ({self.kind}): the row has no control image"
         return None
+
+    def _pick(self, batch: dict[str, np.ndarray], row: int) -> str:
+        """The adapter this row picks ("" for the stage's set, and where the stage has none)."""
+        return str(batch[B.LORA][row]) if self.spec.loras and B.LORA in batch else ""
 
     def output_size(self, group: Group) -> tuple[int, int]:
         """The size this group's images will have (0 for a side the model decides and does
         not say): the resized input's, else the stage's or the row's width and height."""
         if group.images:
             return group.images[0].size
-        unet = getattr(self.pipe, "unet", None)
-        sample = getattr(getattr(unet, "config", None), "sample_size", None)
+        if group.controls:
+            return group.controls[0].size
+        denoiser = getattr(self.pipe, "unet", None) or getattr(self.pipe, "transformer", None)
+        sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
         default = sample * getattr(self.pipe, "vae_scale_factor", 8) if isinstance(sample, int) else 0
-        return group.width or default, group.height or default
+        width, height = group.width or default, group.height or default
+        rounded = self.family.output_side
+        return (rounded(width) if rounded and width else width), (rounded(height) if rounded and height else height)
 
     def size_label(self, group: Group) -> str:
         """The size a group generates at, for messages."""
@@ -223,6 +272,10 @@ class StageWorker:
         columns = [B.ID, B.PROMPT, B.NEGATIVE_PROMPT, B.SEED, B.STATUS, B.ERROR, B.IMAGE, B.WIDTH, B.HEIGHT]
         if self.spec.needs_mask:
             columns += [B.MASK, B.MASK_WIDTH, B.MASK_HEIGHT, B.SOURCE_WIDTH, B.SOURCE_HEIGHT]
+        if self.spec.loras and not self.adapters.fused:
+            columns.append(B.LORA)
+        if getattr(self.spec, "controlnet", None):
+            columns += [B.CONTROL, B.CONTROL_WIDTH, B.CONTROL_HEIGHT]
         return columns + [B.override_column(param) for param in self.overrides]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -242,8 +295,10 @@ class StageWorker:
             runnable = self._runnable(batch, outcome, deaths)
 
             # 3. One pipeline call per group of rows with equal parameters and input size.
+            params = self._row_params(batch)
+            runnable = self._honoured(batch, runnable, params, outcome)
             truncated = self._truncated(batch, runnable)
-            for group in self._groups(batch, runnable, self._row_params(batch)):
+            for group in self._groups(batch, runnable, params):
                 self._record(batch, group, outcome, truncated)
                 self._run(group, outcome)
         finally:  # a raised error is no death; a killed process never gets here
@@ -292,6 +347,21 @@ class StageWorker:
                 runnable.append(row)
         return runnable
 
+    def _honoured(self, batch: dict[str, np.ndarray], rows: list[int], params: dict[str, np.ndarray],
+                  outcome: Outcome) -> list[int]:
+        """The rows whose values the model's family would use; the others fail, naming the
+        field (a row's negative prompt with a guidance_scale that drops it)."""
+        kept = []
+        for row in rows:
+            values = {"negative_prompt": batch[B.NEGATIVE_PROMPT][row] or self.spec.negative_prompt,
+                      "guidance_scale": float(params["guidance_scale"][row])}
+            refused = self.family.refusal(self.kind, values)
+            if refused:
+                outcome.fail(row, f"stages.{self.index} ({self.kind}): {refused[0]}: {refused[1]}")
+            else:
+                kept.append(row)
+        return kept
+
     def _truncated(self, batch: dict[str, np.ndarray], rows: list[int]) -> set[int]:
         """Rows whose prompt is longer than the text encoder takes (diffusers truncates it)."""
         tokenizer = getattr(self.pipe, "tokenizer", None)
@@ -307,6 +377,8 @@ class StageWorker:
         values = {}
         for param in ROW_PARAMS:
             value = getattr(self.spec, param, None)
+            if value is None and param == "controlnet_conditioning_scale" and getattr(self.spec, "controlnet", None):
+                value = 1.0  # passed explicitly: diffusers' default differs by pipeline (0.8 for img2img, 0.5 for inpaint)
             if value is None:  # a side left to the model or the input: 0; a parameter this kind lacks: NaN
                 value = 0 if param in ("width", "height") else np.nan
             values[param] = np.full(count, value, np.float64)
@@ -324,13 +396,17 @@ class StageWorker:
         columns = [np.nan_to_num(params[name], nan=-1.0) for name in ROW_PARAMS]
         for row in rows:
             key = tuple(float(column[row]) for column in columns)
-            key += (int(batch[B.WIDTH][row]), int(batch[B.HEIGHT][row]))
+            key += (int(batch[B.WIDTH][row]), int(batch[B.HEIGHT][row]), *self._control_size(batch, row),
+                    self._pick(batch, row))
             keyed.setdefault(key, []).append(row)
         size = self.spec.batch_size
         # Groups of at most batch_size rows, in row order: fixed for a given chunk.
         sliced = [(key, members[i : i + size]) for key, members in keyed.items() for i in range(0, len(members), size)]
         for key, members in sliced:
-            steps, guidance, strength, width, height = key[: len(ROW_PARAMS)]
+            value = dict(zip(ROW_PARAMS, key))
+            steps, guidance, strength = value["steps"], value["guidance_scale"], value["strength"]
+            width, height = value["width"], value["height"]
+            controlled = bool(getattr(self.spec, "controlnet", None))
             negatives = [batch[B.NEGATIVE_PROMPT][r] or self.spec.negative_prompt or "" for r in members]
             yield Group(
                 rows=members,
@@ -347,7 +423,30 @@ class StageWorker:
                 height=int(height),
                 images=self._inputs(batch, members, int(width), int(height)) if self.spec.needs_image else None,
                 masks=self._inputs(batch, members, int(width), int(height), mask=True) if self.spec.needs_mask else None,
+                lora=key[-1],
+                controls=self._controls(batch, members, int(width), int(height)) if controlled else None,
+                control_scale=value["controlnet_conditioning_scale"],
             )
+
+    def _control_size(self, batch: dict[str, np.ndarray], row: int) -> tuple[int, int]:
+        """The control image's own size where it sets the output's (txt2img); else (0, 0)."""
+        if not getattr(self.spec, "controlnet", None) or self.spec.needs_image:
+            return 0, 0
+        return int(batch[B.CONTROL_WIDTH][row]), int(batch[B.CONTROL_HEIGHT][row])
+
+    def _controls(self, batch, rows: list[int], width: int, height: int) -> list[Any]:
+        """The rows' control images (RGB, Lanczos) at the size the call generates at: the
+        input image's, resized as it is, or else width x height (or the control image's own,
+        to a multiple of 8, for a side not set)."""
+        from PIL import Image
+
+        controls = []
+        for r in rows:
+            item = Image.fromarray(B.image_view(batch[B.CONTROL][r], batch[B.CONTROL_WIDTH][r], batch[B.CONTROL_HEIGHT][r]))
+            own = (int(batch[B.WIDTH][r]), int(batch[B.HEIGHT][r])) if self.spec.needs_image else item.size
+            size = _target_size(own, width, height)
+            controls.append(item.resize(size, Image.LANCZOS) if item.size != size else item)
+        return controls
 
     def _inputs(self, batch, rows: list[int], width: int, height: int, mask: bool = False) -> list[Any]:
         """PIL inputs for these rows, resized to the stage's size (see _target_size): RGB
@@ -375,6 +474,10 @@ class StageWorker:
         record["guidance_scale"][rows] = group.guidance_scale
         record["strength"][rows] = group.strength
         record["prompt_truncated"][rows] = [r in truncated for r in rows]
+        settings = {name: value for name, value in self.call_arguments(group).items() if name not in ROW_ARGUMENTS}
+        if self.spec.loras:
+            settings["loras"] = self.adapters.weights(group.lora)
+        record["arguments"][rows] = json.dumps(settings, sort_keys=True)
 
     def _run(self, group: Group, outcome: Outcome) -> None:
         """Generate one group; write its images into the outcome, or fail its rows."""
@@ -422,6 +525,8 @@ class StageWorker:
             with torch.inference_mode():
                 output = self.generate(group)
                 pixels = output.images
+                if self.family.signed_pt_output:  # as diffusers' own np/pil path does
+                    pixels = (pixels * 0.5 + 0.5).clamp(0, 1)
                 # NaN check and float -> uint8 on the device, before the copy to the host.
                 bad = torch.isnan(pixels).flatten(1).any(dim=1).cpu().numpy()
                 pixels = (pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -446,6 +551,7 @@ class StageWorker:
     def _assemble(self, batch: dict[str, np.ndarray], outcome: Outcome, queue_seconds: np.ndarray):
         count = len(batch[B.ID])
         outcome.record["device"][:] = self.device_label
+        outcome.record["family"][:] = self.family.name
         outcome.record["model_revision"][:] = self.revision
         result = dict(batch)
         result.update({B.IMAGE: outcome.images, B.WIDTH: outcome.widths, B.HEIGHT: outcome.heights,

@@ -9,10 +9,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.params import ROW_PARAMS, GuidanceScale, Side, Steps, Strength
+from pipeline.families import FAMILIES, FAMILY_NAMES
+from pipeline.lora import LoraSpec
+from pipeline.params import ROW_PARAMS, ControlScale, GuidanceScale, Side, Steps, Strength
 from pipeline.strict import FieldError, Strict
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+FamilyName = Literal[FAMILY_NAMES]  # type: ignore[valid-type]
 
 
 class Replicas(Strict):
@@ -54,6 +57,13 @@ class StageBase(Strict):
         "built into synth: synth:shapes (32 px coloured shapes; txt2img, img2img and inpaint)."
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a hub model id.")
+    family: FamilyName | None = Field(
+        None,
+        description="The model's family (README, \"Model families\"): the arguments its pipeline takes and the "
+        "fields it refuses. Left out: detected from the model's pipeline class before the job starts. "
+        "Variants that share an architecture (sd-turbo, sdxl-turbo) must be named; naming one also sets its "
+        "defaults for steps and guidance_scale.",
+    )
     # Each kind sets its own defaults for these two.
     steps: Steps
     guidance_scale: GuidanceScale
@@ -70,6 +80,17 @@ class StageBase(Strict):
         False,
         description="Allow a model folder that holds pickle weights (.bin, .ckpt, .pt, .pth, .pkl), which can "
         "run code when loaded. Off: such folders are refused and only safetensors load.",
+    )
+    loras: list[LoraSpec] = Field(
+        default_factory=list,
+        description="LoRA adapters on the model, loaded once per actor; every call runs with all of them at their "
+        "weights, unless a row picks one by name (input.columns.lora, with fuse_loras: false).",
+    )
+    fuse_loras: bool = Field(
+        True,
+        description="Fuse the adapters into the weights once per actor: calls cost what the base model's do, but "
+        "rows cannot pick an adapter. false: keep them apart and switch per call (set_adapters), a little "
+        "slower per step.",
     )
     batch_size: int = Field(4, ge=1, description="Rows per pipeline call; larger uses the GPU better and more memory.")
     replicas: Replicas = Field(default_factory=Replicas)
@@ -95,6 +116,9 @@ class StageBase(Strict):
             return data
         data = {name: value for name, value in data.items()
                 if value is not None or (name in cls.model_fields and cls.model_fields[name].is_required())}
+        family = FAMILIES.get(data.get("family")) if isinstance(data.get("family"), str) else None
+        if family:  # a named family's defaults, for the fields the stage leaves out
+            data = {**{name: value for name, value in family.defaults.items() if name in cls.model_fields}, **data}
         for name in [name for name in data if name not in cls.model_fields]:
             takers = [kind for kind, declared in STAGES.items() if name in declared.model_fields]
             if not takers:
@@ -103,6 +127,18 @@ class StageBase(Strict):
             listed = ", ".join(takers[:-1]) + f" and {takers[-1]}" if len(takers) > 1 else takers[0]
             raise FieldError(name, cls.refused.get(name, f"applies to {listed}, not {kind}"))
         return data
+
+    @model_validator(mode="after")
+    def _fits_its_family(self) -> "StageBase":
+        """A named family refuses here what it would ignore; a detected one in preflight."""
+        problem = FAMILIES[self.family].refusal(self.kind, self.model_dump()) if self.family else None
+        if problem:
+            raise FieldError(*problem)
+        names = [lora.name for lora in self.loras]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise FieldError("loras", f"the name {repeated[0]!r} is given to more than one adapter")
+        return self
 
     @classmethod
     def row_params(cls) -> tuple[str, ...]:
@@ -126,6 +162,23 @@ class SizedStage(StageBase):
         "img2img/inpaint (which keep its aspect ratio when only one side is set).",
     )
     height: Side | None = Field(None, description="Output height in pixels (multiple of 8); default as for width.")
+    controlnet: str | None = Field(
+        None,
+        description="A ControlNet (diffusers ControlNetModel folder: a hub id or a local folder) for the model, "
+        "conditioned on each row's control image (input.columns.control_image), resized to the output size. "
+        "txt2img without width and height takes the control image's size.",
+    )
+    controlnet_conditioning_scale: ControlScale | None = Field(
+        None, description="The ControlNet's strength (default 1 with a controlnet, for every kind; a row may override it)."
+    )
+
+    @model_validator(mode="after")
+    def _controlnet_fields(self) -> "SizedStage":
+        if self.controlnet_conditioning_scale is not None and not self.controlnet:
+            raise FieldError("controlnet_conditioning_scale", "applies only to a stage with a controlnet")
+        if self.controlnet and self.controlnet.startswith("s3://"):
+            raise FieldError("controlnet", "s3:// ControlNets are not supported yet: give a hub id or a local folder")
+        return self
 
 
 class RefiningStage(SizedStage):

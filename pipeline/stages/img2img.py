@@ -10,9 +10,9 @@ from pipeline.stages.declaration import RefiningStage
 
 
 class Img2ImgWorker(StageWorker):
-    def generate(self, group: Group):
+    def arguments(self, group: Group) -> dict:
         # The input images were already resized to width x height when those are set.
-        return self.pipe(
+        return dict(
             prompt=group.prompts,
             negative_prompt=group.negative_prompts,
             image=group.images,
@@ -20,7 +20,6 @@ class Img2ImgWorker(StageWorker):
             num_inference_steps=group.steps,
             guidance_scale=group.guidance_scale,
             generator=group.generators,
-            output_type="pt",
         )
 
 

@@ -31,10 +31,10 @@ class InpaintWorker(StageWorker):
             return f"mask: its size {size} differs from the image's {current[0]}x{current[1]} {at}"
         return None
 
-    def generate(self, group: Group):
+    def arguments(self, group: Group) -> dict:
         # Inputs already sit at a multiple of 8 (see _target_size); the pipeline would refuse others.
         width, height = group.images[0].size
-        return self.pipe(
+        return dict(
             prompt=group.prompts,
             negative_prompt=group.negative_prompts,
             image=group.images,
@@ -45,7 +45,6 @@ class InpaintWorker(StageWorker):
             num_inference_steps=group.steps,
             guidance_scale=group.guidance_scale,
             generator=group.generators,
-            output_type="pt",
         )
 
 

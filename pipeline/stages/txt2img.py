@@ -10,8 +10,8 @@ from pipeline.stages.declaration import SizedStage
 
 
 class Txt2ImgWorker(StageWorker):
-    def generate(self, group: Group):
-        return self.pipe(
+    def arguments(self, group: Group) -> dict:
+        return dict(
             prompt=group.prompts,
             negative_prompt=group.negative_prompts,
             num_inference_steps=group.steps,
@@ -19,7 +19,6 @@ class Txt2ImgWorker(StageWorker):
             width=group.width or None,
             height=group.height or None,
             generator=group.generators,
-            output_type="pt",
         )
 
 

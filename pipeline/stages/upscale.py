@@ -24,8 +24,8 @@ class UpscaleWorker(StageWorker):
         # Its size is its input's, set by an earlier stage or the table: no width/height here.
         return f"a smaller stages.{self.index}.batch_size, or smaller input images"
 
-    def generate(self, group: Group):
-        return self.pipe(
+    def arguments(self, group: Group) -> dict:
+        return dict(
             prompt=group.prompts,
             negative_prompt=group.negative_prompts,
             image=group.images,
@@ -33,7 +33,6 @@ class UpscaleWorker(StageWorker):
             num_inference_steps=group.steps,
             guidance_scale=group.guidance_scale,
             generator=group.generators,
-            output_type="pt",
         )
 
 
