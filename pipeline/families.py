@@ -212,9 +212,14 @@ FAMILIES: dict[str, Family] = {
             "kandinsky22",
             "Kandinsky 2.2: a CLIP-image-embedding prior, then a UNet decoder and MoVQ; the stage's steps and "
             "guidance_scale are the decoder's, the prior runs its default 25 steps at guidance 4",
-            ("KandinskyV22CombinedPipeline",),
+            # The hub's decoder repo (KandinskyV22Pipeline) loads as the combined pipeline:
+            # AutoPipeline connects the prior its model card names.
+            ("KandinskyV22CombinedPipeline", "KandinskyV22Pipeline"),
             ("txt2img",),
             fixed={"prior_num_inference_steps": 25, "prior_guidance_scale": 4.0},
+            # The negative prompt goes to the prior, which guides at its fixed 4.0 whatever the
+            # decoder's guidance_scale: never ignored.
+            guidance_threshold=None,
             adapters=False,
             generators_for_negatives=True,
             signed_pt_output=True,

@@ -278,3 +278,54 @@ def test_kandinsky_runs_negative_prompts_in_a_batch_that_diffusers_alone_refuses
         assert np.array_equal(pixels_of(rows[prompt]), (image * 255).round().astype("uint8")), prompt
         assert rows[prompt]["stages"][0]["family"] == "kandinsky22"
     assert json.loads(rows[prompts[0]]["stages"][0]["arguments"])["prior_num_inference_steps"] == 25
+
+
+@pytest.mark.parametrize("style", ["sdxl", "kandinsky22"])
+def test_a_row_without_a_negative_prompt_is_the_same_whatever_its_batch_mate_asks(family_models, style):
+    """SDXL (zeros) and Kandinsky (a zero embedding) treat "no negative prompt" otherwise than
+    an encoded "": a row without one must not turn into one with "" because a batch mate
+    has a negative prompt."""
+    import pyarrow as pa
+
+    from pipeline import batch as B
+    from pipeline.io.prepare import RowRules, canonical_batch
+    from pipeline.stages import WORKERS
+
+    rules = RowRules(job_seed=3, base_dir="/", storage_options={}, id_column=None,
+                     roles={"prompt": "prompt", "negative_prompt": "negative_prompt"}, overrides={})
+    worker = WORKERS["txt2img"](stage("txt2img", family_models[style], batch_size=2, guidance_scale=4.0))
+
+    def first_image(prompts, negatives):
+        out = worker(canonical_batch(pa.table({"prompt": prompts, "negative_prompt": negatives}), rules))
+        assert set(out[B.STATUS]) == {"ok"}, out[B.ERROR]
+        return out[B.IMAGE][0]
+
+    # Alone, and beside a row with a negative prompt: the same call (batch mates change
+    # the rounding of batched kernels, so a mate without one is not the comparison).
+    alone = first_image(["a red circle"], [None])
+    assert first_image(["a red circle", "a blue square"], [None, "blurry"]) == alone
+
+
+def test_the_readme_family_table_matches_the_declarations():
+    from pathlib import Path
+
+    from pipeline.families import FAMILIES
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    table = text[text.index("| family | kinds |"):].split("\n\n")[0].splitlines()[2:]
+    listed = {}
+    for line in table:
+        names_cell, kinds_cell = line.split(" | ")[:2]
+        kinds = tuple(kind.strip() for kind in kinds_cell.split(","))
+        for name in names_cell.split("(")[0].split("`")[1::2]:
+            listed[name] = kinds
+    assert listed == {name: family.kinds for name, family in FAMILIES.items()}
+
+
+def test_hub_checkpoints_resolve_to_their_family():
+    from pipeline.families import resolve_family
+
+    # the decoder repo AutoPipeline turns into the combined pipeline
+    assert resolve_family(None, "KandinskyV22Pipeline", "kandinsky-community/kandinsky-2-2-decoder").name == "kandinsky22"
+    assert resolve_family(None, "StableDiffusionXLPipeline", "stabilityai/sdxl-turbo").name == "sdxl"
+    assert resolve_family("sdxl-turbo", "StableDiffusionXLPipeline", "stabilityai/sdxl-turbo").name == "sdxl-turbo"

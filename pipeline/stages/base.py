@@ -396,7 +396,12 @@ class StageWorker:
         columns = [np.nan_to_num(params[name], nan=-1.0) for name in ROW_PARAMS]
         for row in rows:
             key = tuple(float(column[row]) for column in columns)
-            key += (int(batch[B.WIDTH][row]), int(batch[B.HEIGHT][row]), *self._control_size(batch, row),
+            # With and without a negative prompt apart: one call passes either every row's
+            # negative or none, and "no negative" means a model's own unconditional input
+            # (SDXL's zeros, Kandinsky's zero embedding), not an encoded "" that would make a
+            # row's image depend on what its batch mates asked.
+            negative = bool(batch[B.NEGATIVE_PROMPT][row] or self.spec.negative_prompt)
+            key += (int(batch[B.WIDTH][row]), int(batch[B.HEIGHT][row]), *self._control_size(batch, row), negative,
                     self._pick(batch, row))
             keyed.setdefault(key, []).append(row)
         size = self.spec.batch_size
@@ -407,11 +412,11 @@ class StageWorker:
             steps, guidance, strength = value["steps"], value["guidance_scale"], value["strength"]
             width, height = value["width"], value["height"]
             controlled = bool(getattr(self.spec, "controlnet", None))
-            negatives = [batch[B.NEGATIVE_PROMPT][r] or self.spec.negative_prompt or "" for r in members]
+            negatives = [batch[B.NEGATIVE_PROMPT][r] or self.spec.negative_prompt for r in members]
             yield Group(
                 rows=members,
                 prompts=[str(batch[B.PROMPT][r]) for r in members],
-                negative_prompts=negatives if any(negatives) else None,
+                negative_prompts=negatives if all(negatives) else None,
                 # CPU generators: the same seed gives the same latents on any device.
                 generators=[
                     torch.Generator("cpu").manual_seed(stage_seed(int(batch[B.SEED][r]), self.index)) for r in members
