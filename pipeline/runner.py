@@ -15,11 +15,13 @@ logger = logging.getLogger("synth.runner")
 __all__ = ["RunSummary", "row_source", "run_job"]
 
 
-def row_source(spec: JobSpec, columns, skip_ids: frozenset[str] = frozenset()):
-    """How this job's input is read (columns: preflight.InputColumns) and how the prepare
-    step turns its rows into stage rows."""
+def row_source(spec: JobSpec, columns, skip_ids: frozenset[str] = frozenset(), shard_rows: int | None = None):
+    """How this job's input is read and cut into shards (columns: preflight.InputColumns;
+    shard_rows: the output's shard size, default the one a new output gets) and how the
+    prepare step turns its rows into stage rows."""
     from pipeline.io.prepare import RowRules, RowSource
     from pipeline.io.reader import base_dir
+    from pipeline.io.shards import ShardPlan, shard_size
 
     rules = RowRules(
         job_seed=spec.seed,
@@ -34,7 +36,9 @@ def row_source(spec: JobSpec, columns, skip_ids: frozenset[str] = frozenset()):
         http_timeout_s=spec.input.http_timeout_s,
         prompt_required=spec.stages[0].needs_prompt,
     )
-    return RowSource(rules, skip_ids=skip_ids, table_schema=columns.schema)
+    rows = columns.rows or {}
+    shards = ShardPlan.of(rows, shard_rows or shard_size(spec, sum(rows.values())))
+    return RowSource(rules, skip_ids=skip_ids, table_schema=columns.schema, shards=shards, input_path=spec.input.path)
 
 
 def _plan(spec: JobSpec):
@@ -116,7 +120,8 @@ def run_job(spec: JobSpec, retry_failed: bool = False, allow_model_change: bool 
             if swept:
                 logger.info("removed %d temporary files that killed writers left in %s", swept, spec.output.path)
             skip = log.rows_to_skip(retry_failed)
-            source = row_source(spec, columns, frozenset(skip))
+            shard_rows = log.shard_rows(spec, sum((columns.rows or {}).values()))
+            source = row_source(spec, columns, frozenset(skip), shard_rows)
             # 3. Nothing left to do: the job's outcome, without Ray or any actor.
             if every_row_committed(spec, source):
                 logger.info("nothing left to do: every input row is committed in %s", spec.output.path)

@@ -6,6 +6,7 @@ Under the output prefix:
   (an image-defining field changed) is refused. The first run creates it exclusively, so
   of two runs of different jobs started together into a new output, one is refused.
   `row_ids.json`: how rows without an id column got their ids (keys.ROW_ID_SCHEME).
+  `shards.json`: the shard size the first run chose (pipeline/io/shards.py); resumes use it.
 - `models.json`: the revision of each stage's model that the first run resolved; a resume
   whose model resolves to another one is refused, or with allow_change recorded there.
 - `lease/`: the lease of the run writing now (pipeline/io/lease.py): one writer at a time.
@@ -296,6 +297,33 @@ class CommitLog:
             logger.warning("stages.%d.model: %s now resolves to revision %s (was %s); %s", index, stage.model,
                            revision, entry["revision"], reason)
         return changes
+
+    # ------------------------------------------------------------ shards
+
+    @_output_io
+    def shard_rows(self, spec: JobSpec, total_rows: int) -> int:
+        """The shard size of this output: the one its first run chose (shards.json), so a
+        resume cuts the same shards; a new output's is chosen now (shards.shard_size) and
+        recorded. An output whose first run predates shards was committed in chunks of the
+        largest batch size, which is its shard size. An output.shard_rows other than the one
+        the first run was given is refused: it would cut other shards."""
+        from pipeline.io.shards import shard_size
+
+        recorded = self._read_json("shards.json")
+        if recorded is None:
+            rows = max(stage.batch_size for stage in spec.stages) if self.metadata_files() else shard_size(spec, total_rows)
+            self._write_json("shards.json", {
+                "about": "the shard size (rows committed together) of this output's first run; every resume uses it",
+                "shard_rows": rows, "requested": spec.output.shard_rows,
+            })
+            return rows
+        if spec.output.shard_rows is not None and spec.output.shard_rows != recorded.get("requested"):
+            raise SpecError(
+                f"output.shard_rows: {spec.output.shard_rows} differs from the {recorded.get('requested')} that "
+                f"the first run into {self.path} was given (it cut shards of {recorded['shard_rows']} rows): a "
+                "resume must cut the same shards. Leave output.shard_rows as it was, or use a new output.path"
+            )
+        return int(recorded["shard_rows"])
 
     # ------------------------------------------------------------ committed rows
 

@@ -81,6 +81,9 @@ class RowSource:
     # pyarrow.Schema of the whole table, every file's columns with their types widened
     # (preflight's InputColumns.schema); None: each file's own types
     table_schema: Any = None
+    # the input's shards (pipeline/io/shards.py) and where its files are read from
+    shards: Any = None
+    input_path: str = ""
 
     def columns(self) -> list[str]:
         return self.rules.columns()
@@ -321,3 +324,15 @@ def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
     """The batch job's prepare step (a Ray Data task): one chunk of the input table, as
     read, to canonical columns; rows an earlier run committed are skipped or ride along."""
     return canonical_batch(table, source.rules, source.skip_ids)
+
+
+def prepare_shards(items, source: RowSource) -> dict[str, np.ndarray]:
+    """The batch job's read-and-prepare step (a Ray Data task): the shards whose numbers
+    `items` holds (its `shard` column), read from the input files and turned into
+    canonical columns, one shard after another."""
+    from pipeline import storage
+    from pipeline.io.reader import read_rows
+
+    fs = storage.filesystem(source.input_path, source.rules.storage_options)[0]
+    pieces = [piece for shard in items.column("shard").to_pylist() for piece in source.shards.pieces(shard)]
+    return canonical_batch(read_rows(fs, pieces, source.columns(), source.read_schema()), source.rules, source.skip_ids)
