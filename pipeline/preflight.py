@@ -44,6 +44,7 @@ class InputColumns:
     overrides: dict[str, str]  # override parameter (seed, steps...) -> column
     schema: Any  # pyarrow.Schema of the whole table (every file's columns, widened types)
     rows: dict[str, int] | None = None  # each non-empty file's row count
+    sizes: dict[str, int] | None = None  # and its size in bytes
 
 
 def check_input(spec: JobSpec) -> InputColumns:
@@ -83,7 +84,7 @@ def check_input(spec: JobSpec) -> InputColumns:
                 f"the table has: {', '.join(sorted(names))}"
             )
     overrides = {param: chosen[param] for param in OVERRIDE_PARAMS if chosen[param] in names and param in taken}
-    return InputColumns(roles, overrides, shape.schema, shape.rows)
+    return InputColumns(roles, overrides, shape.schema, shape.rows, shape.sizes)
 
 
 def _check_unique_ids(spec: JobSpec, files: list[str]) -> None:

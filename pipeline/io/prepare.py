@@ -334,5 +334,13 @@ def prepare_shards(items, source: RowSource) -> dict[str, np.ndarray]:
     from pipeline.io.reader import read_rows
 
     fs = storage.filesystem(source.input_path, source.rules.storage_options)[0]
-    pieces = [piece for shard in items.column("shard").to_pylist() for piece in source.shards.pieces(shard)]
-    return canonical_batch(read_rows(fs, pieces, source.columns(), source.read_schema()), source.rules, source.skip_ids)
+    numbers, tables = [], []
+    for shard in items.column("shard").to_pylist():
+        tables.append(read_rows(fs, source.shards.pieces(shard), source.columns(), source.read_schema()))
+        numbers += [shard] * tables[-1].num_rows
+    import pyarrow as pa
+
+    out = canonical_batch(pa.concat_tables(tables), source.rules, source.skip_ids)
+    # canonical_batch drops a shard whose every row is committed; else it keeps every row.
+    out[B.SHARD] = np.array(numbers if len(out[B.ID]) else [], np.int64)
+    return out

@@ -91,6 +91,7 @@ class InputShape:
     schema: Any  # pyarrow.Schema: the union of the files' columns, types widened as the reads do
     files: dict[str, frozenset[str]]  # file -> the columns it holds
     rows: dict[str, int] = None  # file -> its row count (from the footer)
+    sizes: dict[str, int] = None  # file -> its size in bytes
 
     def first_file_without(self, column: str) -> str | None:
         return next((file for file, names in self.files.items() if column not in names), None)
@@ -117,10 +118,12 @@ def input_shape(spec: JobSpec) -> InputShape:
     fs, files = input_files(spec.input.path, spec.input_storage_options(), spec.output.path)
 
     counts: dict[str, int] = {}
+    sizes: dict[str, int] = {}
 
     def footer(file: str):
         try:
-            if fs.size(file) == 0:
+            sizes[file] = fs.size(file)
+            if sizes[file] == 0:
                 return None
             with fs.open(file, "rb") as handle:
                 parquet = pq.ParquetFile(handle)
@@ -155,7 +158,7 @@ def input_shape(spec: JobSpec) -> InputShape:
             field = field.with_type(pa.string())
         fields.append(field)
     return InputShape(pa.schema(fields), {file: frozenset(schema.names) for file, schema in schemas.items()},
-                      {file: counts[file] for file in schemas})
+                      {file: counts[file] for file in schemas}, {file: sizes[file] for file in schemas})
 
 
 def unreadable(file: str, error: Exception) -> InputError:

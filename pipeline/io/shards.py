@@ -32,13 +32,15 @@ def _pixels(stage) -> int:
 
 
 def shard_size(spec, total_rows: int) -> int:
-    """The shard size a new output gets: output.shard_rows (default DEFAULT_SHARD_ROWS,
-    fewer when the images are large), lowered for a small table to give MIN_SHARDS shards,
-    but never below the largest stage batch (rounded up to a multiple of it). A function
-    of the spec and the row count only."""
+    """The shard size a new output gets: output.shard_rows as given, or by default
+    DEFAULT_SHARD_ROWS (fewer when the images are large), lowered for a small table to give
+    MIN_SHARDS shards but never below the largest stage batch (rounded up to a multiple of
+    it). A function of the spec and the row count only."""
+    if spec.output.shard_rows:
+        return spec.output.shard_rows
     step = max(stage.batch_size for stage in spec.stages)
     largest = max(_pixels(stage) for stage in spec.stages)
-    cap = spec.output.shard_rows or min(DEFAULT_SHARD_ROWS, max(1, SHARD_IMAGE_BYTES // (3 * largest)))
+    cap = min(DEFAULT_SHARD_ROWS, max(1, SHARD_IMAGE_BYTES // (3 * largest)))
     spread = -(-max(total_rows, 1) // MIN_SHARDS)
     return max(1, min(cap, -(-spread // step) * step))
 

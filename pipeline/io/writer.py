@@ -213,5 +213,6 @@ def _write_chunk(batch: dict[str, np.ndarray], target: OutputTarget):
 
     # 2. The metadata rows, after their images exist: the commit.
     table = metadata_table(batch, target.stages, encoded, target.log.path, write_seconds, queue_seconds)
-    target.log.commit(table)
+    shard = int(batch[B.SHARD][0]) if B.SHARD in batch else None
+    target.log.commit(table, shard)
     return table.select(["id", "status", "error"])
