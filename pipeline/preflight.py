@@ -72,7 +72,7 @@ def check_input(spec: JobSpec) -> InputColumns:
         if lacking:  # the other reads would give its rows nulls: refuse it whole, by name
             raise SpecError(f"{field}: column {column!r} is not in {lacking}, one of the input's files{reason}")
     if spec.input.id_column:
-        _check_unique_ids(spec, list(shape.files))
+        _check_unique_ids(spec, list(shape.files), sum(shape.rows.values()))
     # Only the parameters some stage takes: a `strength` column in a txt2img-only table, or
     # the `width` and `height` of an upscale job's source images, is not read (or checked).
     taken = {"seed"}.union(*(stage.row_params() for stage in spec.stages))
@@ -87,41 +87,43 @@ def check_input(spec: JobSpec) -> InputColumns:
     return InputColumns(roles, overrides, shape.schema, shape.rows, shape.sizes)
 
 
-def _check_unique_ids(spec: JobSpec, files: list[str]) -> None:
+def _check_unique_ids(spec: JobSpec, files: list[str], total: int) -> None:
     """Two rows with one id would write one image key twice; refuse before any work.
-    Reads the id column only (a few MB even for millions of rows) of the non-empty files.
-    Ids are compared as the rows will carry them (keys.id_text: 7 and 7.0 are one id)."""
-    from collections import Counter
-
+    Reads the id column only (a few MB even for millions of rows) of the non-empty files,
+    and counts the ids in bounded memory (io/unique_ids.py). Ids are compared as the rows
+    will carry them (keys.id_text: 7 and 7.0 are one id)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline.io.reader import unreadable, plain_types
+    from pipeline.io.reader import plain_types, unreadable
+    from pipeline.io.unique_ids import duplicated_ids
 
     fs = storage.filesystem(spec.input.path, spec.input_storage_options())[0]
-    counts: Counter = Counter()
-    for file in files:
-        try:
-            with fs.open(file, "rb") as handle:
-                table = pq.read_table(handle, columns=[spec.input.id_column])
-        except Exception as error:
-            raise unreadable(file, error) from None
-        column = table.column(0).cast(plain_types(table.schema).field(0).type).drop_null()
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            counts.update({item["values"]: item["counts"] for item in pc.value_counts(column).to_pylist()})
-            continue
-        for value in column.to_pylist():
+
+    def ids_of_each_file():
+        for file in files:
             try:
-                counts[id_text(value)] += 1
-            except UnicodeDecodeError:  # that row fails in prepare, naming the column
-                pass
-    counts.pop(None, None)
-    duplicated = [value for value, count in counts.items() if count > 1]
-    if duplicated:
+                with fs.open(file, "rb") as handle:
+                    table = pq.read_table(handle, columns=[spec.input.id_column])
+            except Exception as error:
+                raise unreadable(file, error) from None
+            column = table.column(0).cast(plain_types(table.schema).field(0).type).drop_null()
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                yield column
+                continue
+            texts = []
+            for value in column.to_pylist():
+                try:
+                    texts.append(id_text(value))
+                except UnicodeDecodeError:  # that row fails in prepare, naming the column
+                    pass
+            yield pa.array([text for text in texts if text is not None], pa.string())
+
+    count, examples = duplicated_ids(ids_of_each_file, total)
+    if count:
         raise SpecError(
-            f"input.id_column: {len(duplicated)} ids appear more than once in column "
-            f"{spec.input.id_column!r}, e.g. {', '.join(repr(v) for v in duplicated[:3])}"
+            f"input.id_column: {count} ids appear more than once in column "
+            f"{spec.input.id_column!r}, e.g. {', '.join(repr(v) for v in examples)}"
         )
 
 

@@ -121,3 +121,20 @@ def test_a_resume_finds_committed_shards_from_a_listing_and_retries_failed_shard
     assert (retried.rows_ok, retried.rows_failed, retried.rows_skipped) == (2, 1, 9)
     assert sorted(path.name for path in metadata.glob("*.parquet")) == names
     assert {row["id"]: row["sha256"] for row in read_metadata(str(tmp_path / "out"))} == clean
+
+
+def test_duplicate_ids_are_found_across_hash_partitions(monkeypatch):
+    from collections import Counter
+
+    from pipeline.io import unique_ids
+
+    files = [pa.array([f"id-{i}" for i in range(0, 5000)]), pa.array([f"id-{i}" for i in range(4990, 9000)] + ["", ""]),
+             pa.array(["ü", "ü", "x", "121", "202"], pa.large_string())]
+    counts = Counter(v for array in files for v in array.to_pylist())
+    expected = sorted(v for v, n in counts.items() if n > 1)
+    hashes = unique_ids.id_hashes(pa.array([f"id-{i}" for i in range(9000)] + ["121", "202", ""]))
+    assert len(set(hashes.tolist())) == 9003  # no two ids of this table share a hash
+    monkeypatch.setattr(unique_ids, "PARTITION_IDS", 1000)  # 10 partitions
+    found, shown = unique_ids.duplicated_ids(lambda: iter(files), sum(len(a) for a in files))
+    assert found == len(expected) == 12 and set(shown) <= set(expected) and len(shown) == 3
+    assert unique_ids.duplicated_ids(lambda: iter(files[:1]), 5000) == (0, [])
