@@ -14,6 +14,7 @@ def output_target(spec: JobSpec) -> OutputTarget:
         log=CommitLog.of(spec),
         encoding=Encoding(spec.output.format, spec.output.quality, spec.output.png_compress_level),
         stages=tuple(stage_info(stage) for stage in spec.stages),
+        layout=spec.output.layout,
     )
 
 

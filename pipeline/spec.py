@@ -160,6 +160,13 @@ class OutputSpec(Strict):
     storage_options: dict[str, Any] | None = Field(
         None, description="s3fs options for the output only; override the top-level storage_options."
     )
+    layout: Literal["files", "webdataset", "parquet"] = Field(
+        "files",
+        description="How images are stored: files (one object per image under images/), webdataset (one tar of "
+        "<key>.<ext> + <key>.json per shard under shards/, as the webdataset package and ray.data.read_webdataset "
+        "read), or parquet (one Parquet file per shard under data/, images in an `image` column as Hugging Face "
+        "datasets' Image feature). The sharded layouts write a few objects per shard instead of one per image.",
+    )
     shard_rows: int | None = Field(
         None,
         ge=1,

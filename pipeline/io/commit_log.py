@@ -43,7 +43,7 @@ logger = logging.getLogger("synth.commit")
 # Fields that decide what a row's image is. Resources, timeouts and storage options may
 # change between a run and its resume; these may not, or one output would mix two jobs.
 _OUTPUT_DEFINING = ("seed", "input.path", "input.id_column", "input.columns", "input.overrides", "output.format",
-                    "output.quality", "output.png_compress_level")
+                    "output.quality", "output.png_compress_level", "output.layout")
 # Stage fields that do not: resources, and `revision`, since which weights made the rows is
 # pinned by the revision they resolve to (models.json), so naming the pinned commit is no change.
 _STAGE_NOT_DEFINING = ("replicas", "gpus", "cpus", "revision")

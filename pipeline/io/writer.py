@@ -42,6 +42,7 @@ class OutputTarget:
     log: CommitLog
     encoding: Encoding
     stages: tuple[dict[str, Any], ...]  # stage_info of each stage
+    layout: str = "files"  # output.layout (pipeline/io/layouts.py)
 
 
 def metadata_schema():
@@ -198,21 +199,53 @@ def write_outputs(batch: dict[str, np.ndarray], target: OutputTarget):
 
 
 def _write_chunk(batch: dict[str, np.ndarray], target: OutputTarget):
-    # 1. Encode every finished image and upload them together.
+    # 1. Encode every finished image and write them: one object each, or the shard's one file.
     queue_seconds = B.queued(batch)
     encoded = encode_images(batch, target.encoding)
+    shard = int(batch[B.SHARD][0]) if B.SHARD in batch else None
     started = time.perf_counter()
     fs, root = storage.filesystem(target.log.path, target.log.storage_options)
+    sharded = target.layout != "files" and shard is not None
     try:
-        storage.write_many_atomic(
-            fs, {storage.join(root, key): data for key, data in zip(encoded.keys, encoded.data) if key is not None}
-        )
+        if not sharded:
+            storage.write_many_atomic(
+                fs, {storage.join(root, key): data for key, data in zip(encoded.keys, encoded.data) if key is not None}
+            )
     except Exception as error:  # storage I/O only: a full disk, permissions, a missing bucket
         raise storage.OutputWriteError.of(target.log.path, error) from None
+    table = metadata_table(batch, target.stages, encoded, target.log.path, 0.0, queue_seconds)
+    if sharded:
+        table = _write_shard_file(fs, root, target, shard, table, encoded)
     write_seconds = (time.perf_counter() - started) / len(batch[B.ID])
+    table = table.set_column(table.schema.get_field_index("write_seconds"), "write_seconds",
+                             pa_column([write_seconds] * table.num_rows))
 
     # 2. The metadata rows, after their images exist: the commit.
-    table = metadata_table(batch, target.stages, encoded, target.log.path, write_seconds, queue_seconds)
-    shard = int(batch[B.SHARD][0]) if B.SHARD in batch else None
     target.log.commit(table, shard)
     return table.select(["id", "status", "error"])
+
+
+def pa_column(values):
+    import pyarrow as pa
+
+    return pa.array(values, pa.float64())
+
+
+def _write_shard_file(fs, root: str, target: OutputTarget, shard: int, table, encoded: EncodedImages):
+    """Write the shard's tar or Parquet file; return the metadata with each image_uri
+    pointing into it."""
+    import pyarrow as pa
+
+    from pipeline.io import layouts
+    from pipeline.keys import batch_name
+
+    stem = f"shard-{shard:09d}-{batch_name(table.column('id').to_pylist()).removeprefix('part-')}"
+    name = layouts.shard_file(target.layout, stem)
+    build = layouts.webdataset_tar if target.layout == "webdataset" else layouts.parquet_shard
+    data, members = build(table, encoded.keys, encoded.data)
+    try:
+        storage.write_bytes_atomic(fs, storage.join(root, name), data)
+    except Exception as error:  # storage I/O only
+        raise storage.OutputWriteError.of(target.log.path, error) from None
+    uris = [f"{storage.join(target.log.path, name)}#{member}" if member else None for member in members]
+    return table.set_column(table.schema.get_field_index("image_uri"), "image_uri", pa.array(uris, pa.string()))
