@@ -76,8 +76,9 @@ def first_commit(spec_file: Path, out_metadata, env: dict, timeout_s: float = 60
     code = ("import sys; from benchmarks.plumbing import constant_images; from pipeline.cli import main\n"
             "with constant_images(): sys.exit(main(['run', sys.argv[1]]))")
     started = time.perf_counter()
+    log = open(os.environ["SYNTH_BENCH_DRIVER_LOG"], "ab") if os.environ.get("SYNTH_BENCH_DRIVER_LOG") else None
     driver = subprocess.Popen([sys.executable, "-c", code, str(spec_file)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
     process, peak, seconds = psutil.Process(driver.pid), 0, None
     before = set(out_metadata())
     while time.perf_counter() - started < timeout_s and driver.poll() is None:
@@ -95,6 +96,8 @@ def first_commit(spec_file: Path, out_metadata, env: dict, timeout_s: float = 60
     except subprocess.TimeoutExpired:
         driver.kill()
         driver.wait()
+    if log:
+        log.close()
     return {"first_commit_s": round(seconds, 1) if seconds else None, "driver_peak_rss_mib": round(peak / 2**20)}
 
 
@@ -143,16 +146,17 @@ def bench_control_plane(sizes: list[int], resume_rows: int, out: str | None) -> 
         model = str(write_tiny_model(work / "model", "txt2img"))
         local = storage.filesystem(str(work))[0]
         for rows in sizes:
-            table, out = work / f"in-{rows}", work / f"out-{rows}"
+            table, output = work / f"in-{rows}", work / f"out-{rows}"
             table.mkdir()
             started = time.perf_counter()
             _table(local, str(table), rows, files=max(1, rows // 1_000_000))
-            raw = _spec(str(table), str(out), model)
+            raw = _spec(str(table), str(output), model)
             case = {"rows": rows, "write_table_s": round(time.perf_counter() - started, 1), **planning_seconds(raw)}
             spec_file = work / f"job-{rows}.yaml"
             spec_file.write_text(yaml.safe_dump(raw))
-            case.update(first_commit(spec_file, lambda: list((out / "metadata").glob("*.parquet"))
-                                     if (out / "metadata").exists() else [], env))
+            metadata = output / "metadata"
+            case.update(first_commit(spec_file, lambda: list(metadata.glob("*.parquet")) if metadata.exists() else [],
+                                     env))
             shards = -(-rows // DEFAULT_SHARD_ROWS)
             case["objects_at_end"] = {"files": rows + shards, "webdataset": 2 * shards, "parquet": 2 * shards}
             print(json.dumps(case), flush=True)
