@@ -10,10 +10,12 @@ Under the output prefix:
 - `models.json`: the revision of each stage's model that the first run resolved; a resume
   whose model resolves to another one is refused, or with allow_change recorded there.
 - `lease/`: the lease of the run writing now (pipeline/io/lease.py): one writer at a time.
-- `metadata/part-*.parquet`: the commit log itself. A chunk's rows are committed when its
-  metadata file appears, written atomically after every image of the chunk, so metadata
-  never points at an image that is not written, and a rerun of a chunk overwrites the same
-  files.
+- `metadata/shard-*.parquet` (`part-*.parquet` before shards): the commit log itself. A
+  shard's rows are committed when its metadata file appears, written atomically after every
+  image of the shard, so metadata never points at an image that is not written; its name
+  carries the shard's number and row counts, so a listing says what is committed (see
+  CommittedShards). A rerun of a shard overwrites the same files.
+- `shards.json`: the shard size the first run chose and a fingerprint of its input.
 - `runs/<start>-<run id>.json`: one record per run, written when it starts ("running") and
   again when it ends; a run killed outright stays "running".
 """
@@ -111,6 +113,12 @@ class CommittedShards:
     @property
     def total(self) -> int:
         return sum(self.rows.values())
+
+
+def shard_stem(shard: int, ids: list[str]) -> str:
+    """The name of what a shard's rows commit: its number and a hash of the row ids (a
+    rerun of the same rows writes the same names)."""
+    return f"shard-{shard:09d}-{batch_name(ids).removeprefix('part-')}"
 
 
 def _input_fingerprint(rows: dict[str, int], sizes: dict[str, int]) -> str:
@@ -389,7 +397,7 @@ class CommitLog:
 
     @_output_io
     def metadata_files(self) -> list[str]:
-        """Every committed chunk's metadata file, sorted."""
+        """Every committed shard's metadata file, sorted."""
         fs, root = self._fs()
         folder = storage.join(root, "metadata")
         if not fs.exists(folder):
@@ -407,12 +415,12 @@ class CommitLog:
 
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
-        name = batch_name(table.column("id").to_pylist())
+        ids = table.column("id").to_pylist()
         if shard is None:
-            self._write(f"metadata/{name}.parquet", buffer.getvalue())
+            self._write(f"metadata/{batch_name(ids)}.parquet", buffer.getvalue())
             return
         failed = table.num_rows - pc.sum(pc.equal(table.column("status"), "ok")).as_py() if table.num_rows else 0
-        stem = f"shard-{shard:09d}-{name.removeprefix('part-')}"
+        stem = shard_stem(shard, ids)
         file = f"metadata/{stem}-r{table.num_rows}-f{failed}.parquet"
         self._write(file, buffer.getvalue())
         try:  # an earlier attempt at the same rows that ended with other statuses (a retried task)

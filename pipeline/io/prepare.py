@@ -75,7 +75,7 @@ class RowSource:
     """How a batch job's input table is read and prepared (plain data, sent to tasks)."""
 
     rules: RowRules
-    # rows a previous run committed: their chunks are dropped here, before any image is
+    # rows a previous run committed: their shards are dropped here, before any image is
     # fetched, when every row is committed; else these rows ride along unwritten
     skip_ids: frozenset[str] = frozenset()
     # pyarrow.Schema of the whole table, every file's columns with their types widened
@@ -257,13 +257,13 @@ def canonical_batch(rows, rules: RowRules = RowRules(), done: Iterable[str] = fr
                 ids[i] = row_id_from_content(i)
     else:
         ids = [row_id_from_content(i) for i in range(count)]
-    # A resumed run drops a chunk (this call's rows) whose rows are all committed. A run
-    # commits each chunk in one file, so a chunk is partly committed only when the input
+    # A resumed run drops a shard (this call's rows) whose rows are all committed. A run
+    # commits each shard in one file, so a shard is partly committed only when the input
     # changed under the same input.path (rows added, removed or reordered) or an identical
-    # row (same content id) was committed in another chunk. Such a chunk keeps its committed
+    # row (same content id) was committed in another shard. Such a shard keeps its committed
     # rows as batch mates, generated again but never written: the other rows get the batch
-    # mates, so the bytes, of a clean run of this input, and the chunk stays whole (a short
-    # chunk mid-stream would be merged with the next one by a later stage's batching).
+    # mates, so the bytes, of a clean run of this input, and the shard stays whole (its
+    # batches are cut from all of its rows).
     committed = [row_id in done for row_id in ids]
     if count and all(committed):
         data = {name: [] for name in data}
@@ -321,8 +321,8 @@ def canonical_batch(rows, rules: RowRules = RowRules(), done: Iterable[str] = fr
 
 
 def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
-    """The batch job's prepare step (a Ray Data task): one chunk of the input table, as
-    read, to canonical columns; rows an earlier run committed are skipped or ride along."""
+    """Input rows, as read, to canonical columns, with the source's rules; rows an earlier
+    run committed are skipped or ride along (the batch job's step is prepare_shards)."""
     return canonical_batch(table, source.rules, source.skip_ids)
 
 
