@@ -47,6 +47,8 @@ QUEUE_SECONDS = "queue_seconds"
 COMMITTED = "committed"
 STATUS = "status"
 ERROR = "error"
+# The number of the input shard a row belongs to (pipeline/io/shards.py): its commit names it.
+SHARD = "shard"
 OK, FAILED = "ok", "failed"
 
 

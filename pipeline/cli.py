@@ -133,6 +133,18 @@ def cmd_eval_tiny(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.plumbing:
+        from benchmarks.plumbing import bench_plumbing
+
+        bench_plumbing(args.rows, [int(v) for v in (args.sizes or "64,512").split(",")], args.formats.split(","),
+                       args.layouts.split(","), args.out)
+        return 0
+    if args.control_plane:
+        from benchmarks.control_plane import bench_control_plane
+
+        sizes = [int(float(v)) for v in (args.sizes or "1e4,1e5,1e6,1e7").split(",")]
+        bench_control_plane(sizes, args.resume_rows, args.out)
+        return 0
     if args.serve:
         from benchmarks.serve_bench import bench_serve
 
@@ -225,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", default="1,4,16", help="--serve: concurrency levels (default 1,4,16)")
     bench.add_argument("--requests-per-thread", type=_positive, default=4,
                        help="--serve: requests each thread sends per level (default 4; at least 8 per level)")
+    bench.add_argument("--plumbing", action="store_true",
+                       help="PLUMBING ONLY, a constant-image generator replaces the model: rows/s per CPU core of "
+                       "read, prepare, hand-off, encode, write and commit, per part (--rows, --sizes, --formats, "
+                       "--layouts)")
+    bench.add_argument("--control-plane", action="store_true",
+                       help="what grows with the table on the driver (constant images): planning, time to first "
+                       "commit, driver memory, resume on loopback S3 (--sizes rows, --resume-rows)")
+    bench.add_argument("--sizes", default=None, help="--plumbing: image sides (default 64,512); --control-plane: "
+                       "table rows (default 1e4,1e5,1e6,1e7)")
+    bench.add_argument("--formats", default="jpeg,png", help="--plumbing: image formats")
+    bench.add_argument("--layouts", default="files,webdataset", help="--plumbing: output layouts")
+    bench.add_argument("--resume-rows", type=_positive, default=1_000_000,
+                       help="--control-plane: committed rows of the resumed S3 output")
     bench.set_defaults(func=cmd_bench)
     train = commands.add_parser("train-tiny", help="train the built-in shapes model (about 40 min on 2 CPU cores)")
     train.add_argument("out_dir")

@@ -50,6 +50,8 @@ class InputColumns:
     roles: dict[str, str]  # role (prompt, image...) -> column
     overrides: dict[str, str]  # override parameter (seed, steps...) -> column
     schema: Any  # pyarrow.Schema of the whole table (every file's columns, widened types)
+    rows: dict[str, int] | None = None  # each non-empty file's row count
+    sizes: dict[str, int] | None = None  # and its size in bytes
 
 
 def check_input(spec: JobSpec) -> InputColumns:
@@ -86,7 +88,7 @@ def check_input(spec: JobSpec) -> InputColumns:
                     "(input.columns.lora), which needs the adapters kept apart; set fuse_loras: false"
                 )
     if spec.input.id_column:
-        _check_unique_ids(spec, list(shape.files))
+        _check_unique_ids(spec, list(shape.files), sum(shape.rows.values()))
     # Only the parameters some stage takes: a `strength` column in a txt2img-only table, or
     # the `width` and `height` of an upscale job's source images, is not read (or checked).
     taken = {"seed"}.union(*(stage.row_params() for stage in spec.stages))
@@ -98,44 +100,46 @@ def check_input(spec: JobSpec) -> InputColumns:
                 f"the table has: {', '.join(sorted(names))}"
             )
     overrides = {param: chosen[param] for param in OVERRIDE_PARAMS if chosen[param] in names and param in taken}
-    return InputColumns(roles, overrides, shape.schema)
+    return InputColumns(roles, overrides, shape.schema, shape.rows, shape.sizes)
 
 
-def _check_unique_ids(spec: JobSpec, files: list[str]) -> None:
+def _check_unique_ids(spec: JobSpec, files: list[str], total: int) -> None:
     """Two rows with one id would write one image key twice; refuse before any work.
-    Reads the id column only (a few MB even for millions of rows) of the non-empty files.
-    Ids are compared as the rows will carry them (keys.id_text: 7 and 7.0 are one id)."""
-    from collections import Counter
-
+    Reads the id column only (a few MB even for millions of rows) of the non-empty files,
+    and counts the ids in bounded memory (io/unique_ids.py). Ids are compared as the rows
+    will carry them (keys.id_text: 7 and 7.0 are one id)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline.io.reader import unreadable, plain_types
+    from pipeline.io.reader import plain_types, unreadable
+    from pipeline.io.unique_ids import duplicated_ids
 
     fs = storage.filesystem(spec.input.path, spec.input_storage_options())[0]
-    counts: Counter = Counter()
-    for file in files:
-        try:
-            with fs.open(file, "rb") as handle:
-                table = pq.read_table(handle, columns=[spec.input.id_column])
-        except Exception as error:
-            raise unreadable(file, error) from None
-        column = table.column(0).cast(plain_types(table.schema).field(0).type).drop_null()
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            counts.update({item["values"]: item["counts"] for item in pc.value_counts(column).to_pylist()})
-            continue
-        for value in column.to_pylist():
+
+    def ids_of_each_file():
+        for file in files:
             try:
-                counts[id_text(value)] += 1
-            except UnicodeDecodeError:  # that row fails in prepare, naming the column
-                pass
-    counts.pop(None, None)
-    duplicated = [value for value, count in counts.items() if count > 1]
-    if duplicated:
+                with fs.open(file, "rb") as handle:
+                    table = pq.read_table(handle, columns=[spec.input.id_column])
+            except Exception as error:
+                raise unreadable(file, error) from None
+            column = table.column(0).cast(plain_types(table.schema).field(0).type).drop_null()
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                yield column
+                continue
+            texts = []
+            for value in column.to_pylist():
+                try:
+                    texts.append(id_text(value))
+                except UnicodeDecodeError:  # that row fails in prepare, naming the column
+                    pass
+            yield pa.array([text for text in texts if text is not None], pa.string())
+
+    count, examples = duplicated_ids(ids_of_each_file, total)
+    if count:
         raise SpecError(
-            f"input.id_column: {len(duplicated)} ids appear more than once in column "
-            f"{spec.input.id_column!r}, e.g. {', '.join(repr(v) for v in duplicated[:3])}"
+            f"input.id_column: {count} ids appear more than once in column "
+            f"{spec.input.id_column!r}, e.g. {', '.join(repr(v) for v in examples)}"
         )
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from pipeline.io.commit_log import CommitLog
-from pipeline.io.prepare import RowSource, prepare_rows
-from pipeline.io.reader import read_input
+from pipeline.io.prepare import RowSource, prepare_shards
 from pipeline.io.writer import Encoding, OutputTarget, stage_info, write_outputs
 from pipeline.resources import Plan
 from pipeline.spec import JobSpec
@@ -15,30 +14,30 @@ def output_target(spec: JobSpec) -> OutputTarget:
         log=CommitLog.of(spec),
         encoding=Encoding(spec.output.format, spec.output.quality, spec.output.png_compress_level),
         stages=tuple(stage_info(stage) for stage in spec.stages),
+        layout=spec.output.layout,
     )
 
 
-def chunk_rows(spec: JobSpec) -> int:
-    """Rows per chunk: the largest stage batch, so no stage batch spans two chunks."""
-    return max(stage.batch_size for stage in spec.stages)
-
-
-def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[list[str]], attempts=None):
+def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[list[str]], attempts=None,
+                  shards: list[int] | None = None):
     """The lazy dataset of the whole job; iterating it runs the job and yields, per written
-    batch, the rows' id, status and error. attempts: the run's ChunkAttempts actor."""
+    shard, the rows' id, status and error. attempts: the run's ChunkAttempts actor.
+    shards: the numbers of the shards to run (default: all of source.shards)."""
     import ray.data
 
-    ds = read_input(spec, source.columns(), plan.task_cpus, schema=source.read_schema())
-    # The unit of work and of commit is a chunk: `chunk_rows(spec)` consecutive input rows,
-    # cut before anything is filtered. Every later step keeps a chunk in one block, so its
-    # rows always share the same batch mates (batched kernels round differently with other
-    # mates) and its metadata is one file written after all its images. A rerun therefore
-    # skips whole committed chunks and recomputes the others byte for byte.
-    # Small blocks also spread the rows over every actor of a pool: actors receive whole
-    # blocks, and a one-file table would otherwise be one block on one actor.
-    ds = ds.repartition(target_num_rows_per_block=chunk_rows(spec), strict=True)
+    # The unit of work and of commit is a shard (pipeline/io/shards.py). Each shard is one
+    # item here and one block in every later step: a task reads and prepares it, each stage
+    # gets it in one call (batch_size=None: one block per call) and cuts its own batches
+    # from it, and the write step commits it in one metadata file. Its rows always share
+    # the same batch mates (batched kernels round differently with other mates), so a rerun
+    # skips whole committed shards and recomputes the others byte for byte, in whatever
+    # order they finish. One block per shard also spreads the shards over every actor.
+    # Blocks are never split by size (ray_session.job_data_context) nor merged: a task gets
+    # one input block and returns one.
+    numbers = list(range(source.shards.count)) if shards is None else list(shards)
+    ds = ray.data.from_items([{"shard": number} for number in numbers], override_num_blocks=max(1, len(numbers)))
     ds = ds.map_batches(
-        prepare_rows,
+        prepare_shards,
         fn_kwargs={"source": source},
         batch_format="pyarrow",
         batch_size=None,
@@ -48,7 +47,9 @@ def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[lis
         resources = {"num_cpus": stage_plan.cpus}
         if stage_plan.gpus:
             resources["num_gpus"] = stage_plan.gpus
-        ds = ds.map_batches(
+        # map_batches_internal (a Ray Data DeveloperAPI): map_batches refuses batch_size=None
+        # with GPUs, and any row count would cut shards into batches that ignore their bounds.
+        ds = ds.map_batches_internal(
             stage.worker,
             fn_constructor_kwargs={
                 "stage": stage.model_dump(),
@@ -60,10 +61,7 @@ def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[lis
                 "attempts": attempts,
                 "max_deaths": spec.max_worker_deaths,
             },
-            # One chunk per call; the worker slices it into batch_size groups itself. Ray Data
-            # bundles blocks until a batch is full, so this is exact because chunks are
-            # never short mid-stream (a rerun skips or redoes whole chunks, see commit_log.py).
-            batch_size=chunk_rows(spec),
+            batch_size=None,  # one shard per call
             batch_format="numpy",
             # One batch running and one queued per actor: enough to hide the hand-off, few
             # enough that a burst of blocks spreads over the pool instead of one actor's queue.
@@ -74,7 +72,7 @@ def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[lis
             ),
             # A dead actor (preempted node, OOM kill) is restarted and its in-flight batches
             # retried: Ray Data's actor pools default to unlimited restarts and task retries,
-            # and a retried chunk keeps its composition, so its bytes. A chunk that kills
+            # and a retried shard keeps its composition, so its bytes. A shard that kills
             # max_worker_deaths workers fails its rows instead (stages/attempts.py).
             **resources,
         )
@@ -82,6 +80,6 @@ def build_dataset(spec: JobSpec, plan: Plan, source: RowSource, owners: list[lis
         write_outputs,
         fn_kwargs={"target": output_target(spec)},
         batch_format="numpy",
-        batch_size=None,  # the whole chunk: one metadata file per chunk
+        batch_size=None,  # one shard per call: one metadata file per shard
         num_cpus=plan.task_cpus,
     )

@@ -72,9 +72,10 @@ def job_data_context(no_progress_timeout_s: float):
         context.execution_no_progress_timeout_s,
         context.target_max_block_size,
     )
-    # Fixed batch composition is what makes a rerun byte-identical (batched kernels may
-    # round differently for different batch mates), so blocks keep their input order.
-    context.execution_options.preserve_order = True
+    # Shards finish and commit in any order: a shard's composition, not its place in the
+    # stream, keeps reruns byte-identical (pipeline/io/shards.py), so one slow shard holds
+    # back no other's commit.
+    context.execution_options.preserve_order = False
     # Start the pools' actors without holding up the job: reads, Ray Data's own actors and
     # every stage's model load overlap (waiting for each pool in turn loads a chain's models
     # one after another). A pool gets chunks only from actors that have loaded, at most 2
@@ -83,8 +84,8 @@ def job_data_context(no_progress_timeout_s: float):
     # The hang guard: no progress at all for this long (actors that cannot be placed, a
     # model load that hangs, or a later stall) fails the job instead of waiting.
     context.execution_no_progress_timeout_s = no_progress_timeout_s
-    # Never split a block by size: a block is a chunk, the unit of commit (several 4K
-    # upscales pass the default 128 MiB). Chunks are small by construction (max batch_size).
+    # Never split a block by size: a block is a shard, the unit of commit (several 4K
+    # upscales pass the default 128 MiB). Shards stay within shards.SHARD_IMAGE_BYTES.
     context.target_max_block_size = None
     try:
         yield context

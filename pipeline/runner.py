@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from pipeline import storage
 from pipeline.io.commit_log import CommitLog, RunRecord
@@ -15,11 +16,13 @@ logger = logging.getLogger("synth.runner")
 __all__ = ["RunSummary", "row_source", "run_job"]
 
 
-def row_source(spec: JobSpec, columns, skip_ids: frozenset[str] = frozenset()):
-    """How this job's input is read (columns: preflight.InputColumns) and how the prepare
-    step turns its rows into stage rows."""
+def row_source(spec: JobSpec, columns, skip_ids: frozenset[str] = frozenset(), shard_rows: int | None = None):
+    """How this job's input is read and cut into shards (columns: preflight.InputColumns;
+    shard_rows: the output's shard size, default the one a new output gets) and how the
+    prepare step turns its rows into stage rows."""
     from pipeline.io.prepare import RowRules, RowSource
     from pipeline.io.reader import base_dir
+    from pipeline.io.shards import ShardPlan, shard_size
 
     rules = RowRules(
         job_seed=spec.seed,
@@ -34,7 +37,9 @@ def row_source(spec: JobSpec, columns, skip_ids: frozenset[str] = frozenset()):
         http_timeout_s=spec.input.http_timeout_s,
         prompt_required=spec.stages[0].needs_prompt,
     )
-    return RowSource(rules, skip_ids=skip_ids, table_schema=columns.schema)
+    rows = columns.rows or {}
+    shards = ShardPlan.of(rows, shard_rows or shard_size(spec, sum(rows.values())))
+    return RowSource(rules, skip_ids=skip_ids, table_schema=columns.schema, shards=shards, input_path=spec.input.path)
 
 
 def _plan(spec: JobSpec):
@@ -87,7 +92,6 @@ def run_job(spec: JobSpec, retry_failed: bool = False, allow_model_change: bool 
     run writes to the same output before refusing (OutputBusy)."""
     from pipeline import preflight
     from pipeline.io.commit_log import new_run_id
-    from pipeline.io.done import every_row_committed
     from pipeline.io.writer import OUTPUT_ERROR
     from pipeline.processor import build_dataset
     from pipeline.ray_session import connect_ray, job_data_context
@@ -117,12 +121,11 @@ def run_job(spec: JobSpec, retry_failed: bool = False, allow_model_change: bool 
             swept = storage.sweep_temporary(spec.output.path)  # under the lease: no writer is mid-write
             if swept:
                 logger.info("removed %d temporary files that killed writers left in %s", swept, spec.output.path)
-            skip = log.rows_to_skip(retry_failed)
-            source = row_source(spec, columns, frozenset(skip))
+            resume = _resume(log, spec, columns, retry_failed)
             # 3. Nothing left to do: the job's outcome, without Ray or any actor.
-            if every_row_committed(spec, source):
+            if resume.nothing_left:
                 logger.info("nothing left to do: every input row is committed in %s", spec.output.path)
-                summary = RunSummary(rows_skipped=len(skip), skipped_failed=_failed(skip))
+                summary = resume.summary()
             else:
                 # 4. The cluster and a plan that fits it; the workers get the pinned models.
                 connect_ray()
@@ -130,10 +133,10 @@ def run_job(spec: JobSpec, retry_failed: bool = False, allow_model_change: bool 
                 pinned = preflight.pin_models(spec, revisions)
                 with job_data_context(spec.actor_start_timeout_s):
                     owners = preflight.override_owners(spec, columns.overrides)
-                    dataset = build_dataset(pinned, plan, source, owners, start_chunk_attempts())
+                    dataset = build_dataset(pinned, plan, resume.source, owners, start_chunk_attempts(), resume.shards)
 
-                    # 5. Stream: each item is one committed chunk's id/status/error.
-                    summary = RunSummary(rows_skipped=len(skip), skipped_failed=_failed(skip))
+                    # 5. Stream: each item is one committed shard's id/status/error.
+                    summary = resume.summary()
                     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                         lease.check()  # another run took the output over: stop writing beside it
                         if summary.first_batch_seconds is None:
@@ -156,5 +159,38 @@ def run_job(spec: JobSpec, retry_failed: bool = False, allow_model_change: bool 
     return summary
 
 
-def _failed(committed: dict[str, str]) -> int:
-    return sum(1 for status in committed.values() if status != "ok")
+@dataclass
+class _Resume:
+    source: object  # prepare.RowSource
+    shards: list[int] | None  # the shard numbers to run; None: every shard (rows skipped by id)
+    nothing_left: bool
+    rows_skipped: int
+    skipped_failed: int
+
+    def summary(self) -> RunSummary:
+        return RunSummary(rows_skipped=self.rows_skipped, skipped_failed=self.skipped_failed)
+
+
+def _resume(log: CommitLog, spec: JobSpec, columns, retry_failed: bool) -> _Resume:
+    """What an earlier run left to do. Where each row has its own id (input.id_column, ids
+    unique) and the input is the first run's, a committed shard number names the same rows:
+    the committed shards come from one listing of metadata/, whole shards are skipped and no
+    row id travels anywhere. Otherwise (rows identified by their content, which two rows may
+    share; an input that changed; an output written before shards) every committed row id
+    is read and the prepare tasks skip rows by id, as a partly committed shard's rows ride
+    along unwritten with the others (io/prepare.py)."""
+    from pipeline.io.done import every_row_committed
+
+    rows = columns.rows or {}
+    shard_rows, same_input = log.shards(spec, rows, columns.sizes or {})
+    if same_input and spec.input.id_column:
+        done = log.committed_shards(retry_failed)
+        if done.retried:
+            logger.info("retrying the shards of %d committed rows that hold failed ones", done.retried)
+        source = row_source(spec, columns, frozenset(), shard_rows)
+        pending = [shard for shard in range(source.shards.count) if shard not in done.rows]
+        return _Resume(source, pending, not pending, done.total, done.failed)
+    skip = log.rows_to_skip(retry_failed)
+    source = row_source(spec, columns, frozenset(skip), shard_rows)
+    failed = sum(1 for status in skip.values() if status != "ok")
+    return _Resume(source, None, every_row_committed(spec, source), len(skip), failed)

@@ -28,11 +28,11 @@ def test_a_gpu_stage_gets_its_input_prepared_in_cpu_tasks(ray_cluster, tiny, tmp
     # Fetching and decoding input images must not hold a GPU actor: with a GPU request the
     # stage's remote args differ from prepare's, so Ray Data keeps prepare a task operator.
     plan = optimized_physical_plan(ray_cluster, tiny, tmp_path, gpus=1)
-    assert "TaskPoolMapOperator[MapBatches(prepare_rows)]" in plan
+    assert "TaskPoolMapOperator[MapBatches(prepare_shards)]" in plan
     assert "ActorPoolMapOperator[MapBatches(Txt2ImgWorker)]" in plan
 
 
 def test_a_cpu_only_stage_runs_prepare_in_its_actor(ray_cluster, tiny, tmp_path):
     # Same CPU request, so Ray Data fuses prepare into the actor (README, "Pipeline").
     plan = optimized_physical_plan(ray_cluster, tiny, tmp_path, gpus=0)
-    assert "ActorPoolMapOperator[MapBatches(prepare_rows)->MapBatches(Txt2ImgWorker)]" in plan
+    assert "ActorPoolMapOperator[MapBatches(prepare_shards)->MapBatches(Txt2ImgWorker)]" in plan

@@ -6,13 +6,16 @@ Under the output prefix:
   (an image-defining field changed) is refused. The first run creates it exclusively, so
   of two runs of different jobs started together into a new output, one is refused.
   `row_ids.json`: how rows without an id column got their ids (keys.ROW_ID_SCHEME).
+  `shards.json`: the shard size the first run chose (pipeline/io/shards.py); resumes use it.
 - `models.json`: the revision of each stage's model that the first run resolved; a resume
   whose model resolves to another one is refused, or with allow_change recorded there.
 - `lease/`: the lease of the run writing now (pipeline/io/lease.py): one writer at a time.
-- `metadata/part-*.parquet`: the commit log itself. A chunk's rows are committed when its
-  metadata file appears, written atomically after every image of the chunk, so metadata
-  never points at an image that is not written, and a rerun of a chunk overwrites the same
-  files.
+- `metadata/shard-*.parquet` (`part-*.parquet` before shards): the commit log itself. A
+  shard's rows are committed when its metadata file appears, written atomically after every
+  image of the shard, so metadata never points at an image that is not written; its name
+  carries the shard's number and row counts, so a listing says what is committed (see
+  CommittedShards). A rerun of a shard overwrites the same files.
+- `shards.json`: the shard size the first run chose and a fingerprint of its input.
 - `runs/<start>-<run id>.json`: one record per run, written when it starts ("running") and
   again when it ends; a run killed outright stays "running".
 """
@@ -24,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -41,7 +45,7 @@ logger = logging.getLogger("synth.commit")
 # Fields that decide what a row's image is. Resources, timeouts and storage options may
 # change between a run and its resume; these may not, or one output would mix two jobs.
 _OUTPUT_DEFINING = ("seed", "input.path", "input.id_column", "input.columns", "input.overrides", "output.format",
-                    "output.quality", "output.png_compress_level")
+                    "output.quality", "output.png_compress_level", "output.layout")
 # Stage fields that do not: resources, and `revision`, since which weights made the rows is
 # pinned by the revision they resolve to (models.json), so naming the pinned commit is no change.
 _STAGE_NOT_DEFINING = ("replicas", "gpus", "cpus", "revision")
@@ -91,6 +95,35 @@ def _synth_version() -> str:
         return version("synth")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
+
+
+# metadata/shard-<number>-<hash of its row ids>-r<rows>-f<failed rows>.parquet
+_SHARD_FILE = re.compile(r"^shard-(\d{9,})-([0-9a-f]{20})-r(\d+)-f(\d+)\.parquet$")
+
+
+@dataclass
+class CommittedShards:
+    """What a listing of metadata/ says is committed: rows per shard number, no row ids."""
+
+    rows: dict[int, int] = field(default_factory=dict)  # shard -> its committed rows
+    failed: int = 0  # committed rows whose status is not ok
+    retried: int = 0  # rows uncommitted to run again (retry_failed)
+    legacy: int = 0  # metadata files not named after a shard (written before shards)
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+
+def shard_stem(shard: int, ids: list[str]) -> str:
+    """The name of what a shard's rows commit: its number and a hash of the row ids (a
+    rerun of the same rows writes the same names)."""
+    return f"shard-{shard:09d}-{batch_name(ids).removeprefix('part-')}"
+
+
+def _input_fingerprint(rows: dict[str, int], sizes: dict[str, int]) -> str:
+    text = "\n".join(f"{file}\t{rows[file]}\t{sizes.get(file)}" for file in sorted(rows))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass
@@ -297,27 +330,106 @@ class CommitLog:
                            revision, entry["revision"], reason)
         return changes
 
+    # ------------------------------------------------------------ shards
+
+    @_output_io
+    def shards(self, spec: JobSpec, rows: dict[str, int], sizes: dict[str, int]) -> tuple[int, bool]:
+        """This output's shard size, and whether the input is the one its first run read.
+
+        The size is the one the first run chose (shards.json), so a resume cuts the same
+        shards; a new output's is chosen now (shards.shard_size, from the input's `rows`
+        per file) and recorded with a fingerprint of the input's files, row counts and
+        sizes. An output whose first run predates shards was committed in chunks of the
+        largest batch size, which is its shard size. An output.shard_rows other than the one
+        the first run was given is refused: it would cut other shards. When the input
+        changed (a file added, removed or rewritten), a committed shard number no longer
+        names the same rows, and the caller resumes by row ids instead."""
+        from pipeline.io.shards import shard_size
+
+        fingerprint = _input_fingerprint(rows, sizes)
+        recorded = self._read_json("shards.json")
+        if recorded is None:
+            legacy = bool(self.metadata_files())
+            shard_rows = max(stage.batch_size for stage in spec.stages) if legacy else shard_size(spec, sum(rows.values()))
+            self._write_json("shards.json", {
+                "about": "the shard size (rows committed together) of this output's first run, which every resume "
+                         "uses, and a fingerprint of the input it read (files, row counts, sizes)",
+                "shard_rows": shard_rows, "requested": spec.output.shard_rows,
+                "input": None if legacy else fingerprint,
+            })
+            return shard_rows, not legacy
+        if spec.output.shard_rows is not None and spec.output.shard_rows != recorded.get("requested"):
+            raise SpecError(
+                f"output.shard_rows: {spec.output.shard_rows} differs from the {recorded.get('requested')} that "
+                f"the first run into {self.path} was given (it cut shards of {recorded['shard_rows']} rows): a "
+                "resume must cut the same shards. Leave output.shard_rows as it was, or use a new output.path"
+            )
+        same = recorded.get("input") == fingerprint
+        if not same:
+            logger.info("the input changed since the first run into %s: resuming by row ids", self.path)
+        return int(recorded["shard_rows"]), same
+
+    @_output_io
+    def committed_shards(self, retry_failed: bool = False) -> "CommittedShards":
+        """The committed shards, from one listing of metadata/ (file names carry each
+        shard's number and row counts; no file is read). With retry_failed, the shards
+        that hold failed rows are uncommitted first (their files removed), to run again."""
+        fs, root = self._fs()
+        found = CommittedShards()
+        for file in self.metadata_files():
+            match = _SHARD_FILE.match(os.path.basename(file))
+            if match is None:
+                found.legacy += 1
+                continue
+            shard, rows, failed = int(match[1]), int(match[3]), int(match[4])
+            if retry_failed and failed:
+                fs.rm_file(file)
+                found.retried += rows
+                continue
+            found.rows[shard] = found.rows.get(shard, 0) + rows
+            found.failed += failed
+        if found.rows:
+            logger.info("resuming: %d rows of %d shards already committed in %s", found.total, len(found.rows),
+                        self.path)
+        return found
+
     # ------------------------------------------------------------ committed rows
 
     @_output_io
     def metadata_files(self) -> list[str]:
-        """Every committed chunk's metadata file, sorted."""
+        """Every committed shard's metadata file, sorted."""
         fs, root = self._fs()
         folder = storage.join(root, "metadata")
         if not fs.exists(folder):
             return []
         return sorted(f for f in fs.find(folder) if self._is_part(f, ".parquet"))
 
-    def commit(self, table) -> None:
-        """Commit a chunk: its metadata rows (a pyarrow table, images already written) in one
-        file named after its row ids, so a rerun of the same chunk overwrites it."""
+    def commit(self, table, shard: int | None = None) -> None:
+        """Commit a shard's rows: its metadata (a pyarrow table, images already written) in
+        one file named after the shard, its row ids and its rows' counts, so a resume finds
+        what is committed from a listing, and a rerun of the same rows overwrites it."""
         import io
 
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
-        self._write(f"metadata/{batch_name(table.column('id').to_pylist())}.parquet", buffer.getvalue())
+        ids = table.column("id").to_pylist()
+        if shard is None:
+            self._write(f"metadata/{batch_name(ids)}.parquet", buffer.getvalue())
+            return
+        failed = table.num_rows - pc.sum(pc.equal(table.column("status"), "ok")).as_py() if table.num_rows else 0
+        stem = shard_stem(shard, ids)
+        file = f"metadata/{stem}-r{table.num_rows}-f{failed}.parquet"
+        self._write(file, buffer.getvalue())
+        try:  # an earlier attempt at the same rows that ended with other statuses (a retried task)
+            fs, root = self._fs()
+            for other in fs.glob(storage.join(root, f"metadata/{stem}-*.parquet")):
+                if os.path.basename(other) != os.path.basename(file):
+                    fs.rm_file(other)
+        except Exception as error:
+            raise storage.OutputWriteError.of(self.path, error) from None
 
     def read_part(self, fs, file: str, columns: list[str] | None = None):
         """One metadata file's columns; a file in metadata/ that synth did not write (not

@@ -75,12 +75,15 @@ class RowSource:
     """How a batch job's input table is read and prepared (plain data, sent to tasks)."""
 
     rules: RowRules
-    # rows a previous run committed: their chunks are dropped here, before any image is
+    # rows a previous run committed: their shards are dropped here, before any image is
     # fetched, when every row is committed; else these rows ride along unwritten
     skip_ids: frozenset[str] = frozenset()
     # pyarrow.Schema of the whole table, every file's columns with their types widened
     # (preflight's InputColumns.schema); None: each file's own types
     table_schema: Any = None
+    # the input's shards (pipeline/io/shards.py) and where its files are read from
+    shards: Any = None
+    input_path: str = ""
 
     def columns(self) -> list[str]:
         return self.rules.columns()
@@ -254,13 +257,13 @@ def canonical_batch(rows, rules: RowRules = RowRules(), done: Iterable[str] = fr
                 ids[i] = row_id_from_content(i)
     else:
         ids = [row_id_from_content(i) for i in range(count)]
-    # A resumed run drops a chunk (this call's rows) whose rows are all committed. A run
-    # commits each chunk in one file, so a chunk is partly committed only when the input
+    # A resumed run drops a shard (this call's rows) whose rows are all committed. A run
+    # commits each shard in one file, so a shard is partly committed only when the input
     # changed under the same input.path (rows added, removed or reordered) or an identical
-    # row (same content id) was committed in another chunk. Such a chunk keeps its committed
+    # row (same content id) was committed in another shard. Such a shard keeps its committed
     # rows as batch mates, generated again but never written: the other rows get the batch
-    # mates, so the bytes, of a clean run of this input, and the chunk stays whole (a short
-    # chunk mid-stream would be merged with the next one by a later stage's batching).
+    # mates, so the bytes, of a clean run of this input, and the shard stays whole (its
+    # batches are cut from all of its rows).
     committed = [row_id in done for row_id in ids]
     if count and all(committed):
         data = {name: [] for name in data}
@@ -321,6 +324,26 @@ def canonical_batch(rows, rules: RowRules = RowRules(), done: Iterable[str] = fr
 
 
 def prepare_rows(table, source: RowSource) -> dict[str, np.ndarray]:
-    """The batch job's prepare step (a Ray Data task): one chunk of the input table, as
-    read, to canonical columns; rows an earlier run committed are skipped or ride along."""
+    """Input rows, as read, to canonical columns, with the source's rules; rows an earlier
+    run committed are skipped or ride along (the batch job's step is prepare_shards)."""
     return canonical_batch(table, source.rules, source.skip_ids)
+
+
+def prepare_shards(items, source: RowSource) -> dict[str, np.ndarray]:
+    """The batch job's read-and-prepare step (a Ray Data task): the shards whose numbers
+    `items` holds (its `shard` column), read from the input files and turned into
+    canonical columns, one shard after another."""
+    from pipeline import storage
+    from pipeline.io.reader import read_rows
+
+    fs = storage.filesystem(source.input_path, source.rules.storage_options)[0]
+    numbers, tables = [], []
+    for shard in items.column("shard").to_pylist():
+        tables.append(read_rows(fs, source.shards.pieces(shard), source.columns(), source.read_schema()))
+        numbers += [shard] * tables[-1].num_rows
+    import pyarrow as pa
+
+    out = canonical_batch(pa.concat_tables(tables), source.rules, source.skip_ids)
+    # canonical_batch drops a shard whose every row is committed; else it keeps every row.
+    out[B.SHARD] = np.array(numbers if len(out[B.ID]) else [], np.int64)
+    return out

@@ -90,6 +90,8 @@ class InputShape:
 
     schema: Any  # pyarrow.Schema: the union of the files' columns, types widened as the reads do
     files: dict[str, frozenset[str]]  # file -> the columns it holds
+    rows: dict[str, int] = None  # file -> its row count (from the footer)
+    sizes: dict[str, int] = None  # file -> its size in bytes
 
     def first_file_without(self, column: str) -> str | None:
         return next((file for file, names in self.files.items() if column not in names), None)
@@ -115,12 +117,18 @@ def input_shape(spec: JobSpec) -> InputShape:
 
     fs, files = input_files(spec.input.path, spec.input_storage_options(), spec.output.path)
 
+    counts: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+
     def footer(file: str):
         try:
-            if fs.size(file) == 0:
+            sizes[file] = fs.size(file)
+            if sizes[file] == 0:
                 return None
             with fs.open(file, "rb") as handle:
-                return plain_types(pq.read_schema(handle))
+                parquet = pq.ParquetFile(handle)
+                counts[file] = parquet.metadata.num_rows
+                return plain_types(parquet.schema_arrow)
         except Exception as error:
             return unreadable(file, error)
 
@@ -149,7 +157,8 @@ def input_shape(spec: JobSpec) -> InputShape:
             # "8"), and prepare parses them as it parses any cell.
             field = field.with_type(pa.string())
         fields.append(field)
-    return InputShape(pa.schema(fields), {file: frozenset(schema.names) for file, schema in schemas.items()})
+    return InputShape(pa.schema(fields), {file: frozenset(schema.names) for file, schema in schemas.items()},
+                      {file: counts[file] for file in schemas}, {file: sizes[file] for file in schemas})
 
 
 def unreadable(file: str, error: Exception) -> InputError:
@@ -260,3 +269,37 @@ def read_if_small(spec: JobSpec, columns: list[str], schema=None):
         return None
     table = _read_on_driver(fs, files, sizes, columns, schema)
     return table.select(schema.names).cast(schema) if schema is not None else table
+
+
+def read_rows(fs, pieces: list[tuple[str, int, int]], columns: list[str], schema):
+    """Rows [start, stop) of each (file, start, stop) piece, in order, as one table of
+    `schema`'s columns and types (a column a file lacks is null there), as both reads
+    above give them. Only the row groups that hold the pieces' rows are read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for file, start, stop in pieces:
+        try:
+            with fs.open(file, "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                present = [name for name in columns if name in parquet.schema_arrow.names]
+                groups, first, offset = [], None, 0
+                for index in range(parquet.metadata.num_row_groups):
+                    size = parquet.metadata.row_group(index).num_rows
+                    if offset < stop and offset + size > start:
+                        groups.append(index)
+                        first = offset if first is None else first
+                    offset += size
+                table = parquet.read_row_groups(groups, columns=present).slice(start - first, stop - start)
+        except Exception as error:
+            raise unreadable(file, error) from None
+        try:
+            table = table.cast(pa.schema([schema.field(name) for name in table.column_names]))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as error:
+            raise InputError(f"input.path: {file} does not fit the types of the table's other files: {error}") from None
+        for name in schema.names:
+            if name not in table.column_names:
+                table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
+        tables.append(table.select(schema.names))
+    return pa.concat_tables(tables) if tables else schema.empty_table()

@@ -2,8 +2,8 @@
 
 `encode_images` and `metadata_table` need no storage and no Ray (Serve answers requests with
 them). `write_outputs` is the batch job's write step, a Ray Data CPU task after the last
-stage, so encoding and uploads stay off the GPU actors: it writes every image of the chunk,
-then commits the chunk's metadata through the output's commit log.
+stage, so encoding and uploads stay off the GPU actors: it writes every image of the shard,
+then commits the shard's metadata through the output's commit log.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class OutputTarget:
     log: CommitLog
     encoding: Encoding
     stages: tuple[dict[str, Any], ...]  # stage_info of each stage
+    layout: str = "files"  # output.layout (pipeline/io/layouts.py)
 
 
 def metadata_schema():
@@ -168,7 +169,7 @@ def metadata_table(
         "write_seconds": [write_seconds] * count,
         "queue_seconds": [float(q) for q in (B.queued(batch) if queue_seconds is None else queue_seconds)],
         "stages": [_stage_records(batch, stages, row) for row in range(count)],
-        # Unix time this chunk's metadata was written, i.e. when its rows were committed.
+        # Unix time this shard's metadata was written, i.e. when its rows were committed.
         "committed_at": [time.time()] * count,
     }
     return pa.Table.from_pydict(rows, schema=metadata_schema())
@@ -181,37 +182,65 @@ OUTPUT_ERROR = "output_error"
 
 
 def write_outputs(batch: dict[str, np.ndarray], target: OutputTarget):
-    """Write the chunk's images, then commit its metadata; return its rows' id, status, error
+    """Write the shard's images, then commit its metadata; return its rows' id, status, error
     (or one OUTPUT_ERROR row when the output cannot be written)."""
     import pyarrow as pa
 
     if B.COMMITTED in batch and batch[B.COMMITTED].any():  # batch mates an earlier run wrote
         fresh = ~np.asarray(batch[B.COMMITTED], dtype=bool)
         batch = {name: column[fresh] for name, column in batch.items()}
-    if not len(batch[B.ID]):  # every row of the chunk was committed by an earlier run
+    if not len(batch[B.ID]):  # every row of the shard was committed by an earlier run
         return metadata_schema().empty_table().select(["id", "status", "error"])
     try:
-        return _write_chunk(batch, target)
+        return _write_shard(batch, target)
     except storage.OutputWriteError as error:
         return pa.table({"id": [None], "status": [OUTPUT_ERROR], "error": [str(error)]},
                         schema=metadata_schema().empty_table().select(["id", "status", "error"]).schema)
 
 
-def _write_chunk(batch: dict[str, np.ndarray], target: OutputTarget):
-    # 1. Encode every finished image and upload them together.
+def _write_shard(batch: dict[str, np.ndarray], target: OutputTarget):
+    import pyarrow as pa
+
+    # 1. Encode every finished image and write them: one object each, or the shard's one file.
     queue_seconds = B.queued(batch)
     encoded = encode_images(batch, target.encoding)
+    shard = int(batch[B.SHARD][0]) if B.SHARD in batch else None
     started = time.perf_counter()
     fs, root = storage.filesystem(target.log.path, target.log.storage_options)
+    sharded = target.layout != "files" and shard is not None
     try:
-        storage.write_many_atomic(
-            fs, {storage.join(root, key): data for key, data in zip(encoded.keys, encoded.data) if key is not None}
-        )
+        if not sharded:
+            storage.write_many_atomic(
+                fs, {storage.join(root, key): data for key, data in zip(encoded.keys, encoded.data) if key is not None}
+            )
     except Exception as error:  # storage I/O only: a full disk, permissions, a missing bucket
         raise storage.OutputWriteError.of(target.log.path, error) from None
+    table = metadata_table(batch, target.stages, encoded, target.log.path, 0.0, queue_seconds)
+    if sharded:
+        table = _write_shard_file(fs, root, target, shard, table, encoded)
     write_seconds = (time.perf_counter() - started) / len(batch[B.ID])
+    table = table.set_column(table.schema.get_field_index("write_seconds"), "write_seconds",
+                             pa.array([write_seconds] * table.num_rows, pa.float64()))
 
     # 2. The metadata rows, after their images exist: the commit.
-    table = metadata_table(batch, target.stages, encoded, target.log.path, write_seconds, queue_seconds)
-    target.log.commit(table)
+    target.log.commit(table, shard)
     return table.select(["id", "status", "error"])
+
+
+def _write_shard_file(fs, root: str, target: OutputTarget, shard: int, table, encoded: EncodedImages):
+    """Write the shard's tar or Parquet file; return the metadata with each image_uri
+    pointing into it."""
+    import pyarrow as pa
+
+    from pipeline.io import layouts
+    from pipeline.io.commit_log import shard_stem
+
+    name = layouts.shard_file(target.layout, shard_stem(shard, table.column("id").to_pylist()))
+    build = layouts.webdataset_tar if target.layout == "webdataset" else layouts.parquet_shard
+    data, members = build(table, encoded.keys, encoded.data)
+    try:
+        storage.write_bytes_atomic(fs, storage.join(root, name), data)
+    except Exception as error:  # storage I/O only
+        raise storage.OutputWriteError.of(target.log.path, error) from None
+    uris = [f"{storage.join(target.log.path, name)}#{member}" if member else None for member in members]
+    return table.set_column(table.schema.get_field_index("image_uri"), "image_uri", pa.array(uris, pa.string()))

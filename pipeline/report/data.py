@@ -26,14 +26,14 @@ MAX_IDS = 10  # ids listed per error message (the smallest, so the list is deter
 PARTS = ("prepare", "queue", "text encode", "denoise", "vae", "encode", "write")
 
 _COLUMNS = ("id", "status", "error", "prompt", "format", "stage_chain", "models", "committed_at", "stages",
-            "prepare_seconds", "queue_seconds", "generation_seconds", "encode_seconds", "write_seconds")
+            "prepare_seconds", "queue_seconds", "generation_seconds", "encode_seconds", "write_seconds", "image_uri")
 
 
 @dataclass
 class Sample:
     id: str
     prompt: str
-    key: str  # the image's path under the output root, e.g. images/ab/ab12....png
+    key: str  # the image's path under the output root, e.g. images/ab/ab12....png, or shards/x.tar#ab12....png
 
 
 @dataclass
@@ -170,6 +170,7 @@ class _Fold:
         sample that is deterministic, spread over the whole output, and bounded."""
         prompts = _values(table, "prompt", "")
         formats = _values(table, "format", "png")
+        uris = _values(table, "image_uri", None)
         for row in (row for row in range(len(ids)) if ok[row]):
             rank = int(hashlib.sha256(ids[row].encode()).hexdigest()[:16], 16)
             heap = self.heaps.setdefault(chains[row], [])
@@ -178,6 +179,9 @@ class _Fold:
             if any(item[1] == ids[row] for item in heap):  # a copy of an identical row
                 continue
             key = image_key(ids[row], formats[row] if formats[row] in EXTENSIONS else "png")
+            if uris[row] and "#" in uris[row]:  # in a shard's tar or Parquet file (io/layouts.py)
+                file, member = uris[row].rsplit("#", 1)
+                key = "/".join(file.split("/")[-2:]) + "#" + member
             item = (-rank, ids[row], prompts[row] or "", key)
             if len(heap) < self.samples:
                 heapq.heappush(heap, item)

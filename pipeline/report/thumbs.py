@@ -7,6 +7,7 @@ import io
 from dataclasses import dataclass
 
 from pipeline import storage
+from pipeline.io.layouts import read_member
 
 MAX_SIDE = 128
 
@@ -45,8 +46,15 @@ def thumbnails(fs, root: str, keys: list[str], max_side: int = MAX_SIDE) -> dict
     Only these images are read (on S3, concurrently in one call)."""
     if not keys:
         return {}
-    paths = {storage.join(root, key): key for key in keys}
-    contents = fs.cat(list(paths), on_error="return")
+    paths = {storage.join(root, key): key for key in keys if "#" not in key}
+    contents = fs.cat(list(paths), on_error="return") if paths else {}
+    for key in keys:
+        if "#" in key:  # an image in a shard's tar or Parquet file (io/layouts.py)
+            paths[storage.join(root, key)] = key
+            try:
+                contents[storage.join(root, key)] = read_member(fs, storage.join(root, key))
+            except Exception as error:  # missing file or member
+                contents[storage.join(root, key)] = error
     result: dict[str, Thumbnail | str] = {}
     for path, key in paths.items():
         data = contents.get(path)

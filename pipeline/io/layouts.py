@@ -1,0 +1,114 @@
+"""How a shard's images are laid out under the output prefix (output.layout).
+
+- files: one object per image, images/<2 hex>/<hash of the row id>.<ext> (keys.image_key).
+- webdataset: one tar per shard, shards/<shard name>.tar, holding `<key>.<ext>` and
+  `<key>.json` per image (the row's id, prompt, seed...), the format the `webdataset`
+  package and ray.data.read_webdataset read; the shard's metadata file indexes it.
+- parquet: one Parquet file per shard, data/<shard name>.parquet, the images embedded in an
+  `image` struct column {bytes, path} as Hugging Face `datasets` writes its Image feature
+  (the schema carries the features, so datasets.load_dataset("parquet", ...) decodes them).
+
+Either sharded file is written whole (atomically) before the shard's metadata commits it,
+and holds only what the spec and the input decide (no timings), so a rerun of the shard
+writes the same bytes under the same name. Failed rows have no image and appear only in
+the metadata. image_uri of a sharded row is `<file uri>#<member or row key>`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from typing import Any
+
+from pipeline.keys import EXTENSIONS
+
+LAYOUTS = ("files", "webdataset", "parquet")
+FOLDERS = {"webdataset": "shards", "parquet": "data"}
+SUFFIXES = {"webdataset": ".tar", "parquet": ".parquet"}
+# The metadata columns a sample carries with its image (those that depend on the run, as
+# timings, are left in the metadata only).
+SAMPLE_FIELDS = ("id", "prompt", "negative_prompt", "seed", "stage_chain", "models", "width", "height", "format",
+                 "sha256")
+
+
+def sample_key(image_key: str) -> str:
+    """The sample's key in a shard: the image key's hash (no dot, no slash: WebDataset
+    splits a member's name at its first dot)."""
+    return image_key.rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def shard_file(layout: str, stem: str) -> str:
+    return f"{FOLDERS[layout]}/{stem}{SUFFIXES[layout]}"
+
+
+def _samples(metadata, keys: list[str | None]) -> list[tuple[int, str, dict[str, Any]]]:
+    rows = metadata.select(list(SAMPLE_FIELDS)).to_pylist()
+    return [(index, sample_key(key), rows[index]) for index, key in enumerate(keys) if key is not None]
+
+
+def webdataset_tar(metadata, keys: list[str | None], data: list[bytes | None]) -> tuple[bytes, list[str | None]]:
+    """The shard's tar, and each row's member name (None for a row without an image)."""
+    buffer = io.BytesIO()
+    members: list[str | None] = [None] * len(keys)
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for index, key, sample in _samples(metadata, keys):
+            extension = EXTENSIONS[sample["format"]]
+            members[index] = f"{key}.{extension}"
+            for name, payload in ((members[index], data[index]), (f"{key}.json", json.dumps(sample).encode())):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(payload), 0, 0o644
+                tar.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue(), members
+
+
+def huggingface_features() -> dict[str, Any]:
+    value = {"_type": "Value"}
+    return {
+        "id": {**value, "dtype": "string"}, "prompt": {**value, "dtype": "string"},
+        "negative_prompt": {**value, "dtype": "string"}, "seed": {**value, "dtype": "int64"},
+        "stage_chain": {**value, "dtype": "string"},
+        "models": {"_type": "List", "feature": {**value, "dtype": "string"}},
+        "width": {**value, "dtype": "int32"}, "height": {**value, "dtype": "int32"},
+        "format": {**value, "dtype": "string"}, "sha256": {**value, "dtype": "string"},
+        "image": {"_type": "Image"},
+    }
+
+
+def parquet_shard(metadata, keys: list[str | None], data: list[bytes | None]) -> tuple[bytes, list[str | None]]:
+    """The shard's Parquet file of its images (Hugging Face Image feature), and each row's
+    key in it (its `image.path`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    samples = _samples(metadata, keys)
+    names: list[str | None] = [None] * len(keys)
+    for index, key, sample in samples:
+        names[index] = f"{key}.{EXTENSIONS[sample['format']]}"
+    source = metadata.select(list(SAMPLE_FIELDS)).take([index for index, _, _ in samples])
+    image = pa.StructArray.from_arrays(
+        [pa.array([data[index] for index, _, _ in samples], pa.binary()),
+         pa.array([names[index] for index, _, _ in samples], pa.string())],
+        names=["bytes", "path"],
+    )
+    table = source.append_column("image", image)
+    table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": huggingface_features()}})})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue(), names
+
+
+def read_member(fs, uri_path: str) -> bytes:
+    """The image bytes that a sharded image_uri (`<file>#<member>`) points at."""
+    path, member = uri_path.rsplit("#", 1)
+    if path.endswith(".tar"):
+        with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
+            return tar.extractfile(member).read()
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    with fs.open(path, "rb") as handle:
+        table = pq.read_table(handle, columns=["image"])
+    images = table.column("image").combine_chunks()
+    found = pc.equal(images.field("path"), member)
+    return images.filter(found)[0]["bytes"].as_py()

@@ -1,0 +1,140 @@
+"""Shards: the unit of work and commit, fixed by the spec and the input alone."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import job, read_metadata, stage
+
+from pipeline import storage
+from pipeline.io.reader import read_rows
+from pipeline.io.shards import DEFAULT_SHARD_ROWS, MIN_SHARDS, ShardPlan, shard_size
+from pipeline.runner import run_job
+from pipeline.spec import SpecError, parse_spec
+
+pytestmark = pytest.mark.timeout(400)
+
+
+def spec_with(tiny, tmp_path, batch_size=2, **output):
+    raw = job("in.parquet", str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"], batch_size=batch_size)])
+    raw["output"].update(output)
+    return parse_spec(raw)
+
+
+def test_shard_size_is_a_function_of_the_spec_and_the_row_count(tiny, tmp_path):
+    spec = spec_with(tiny, tmp_path, batch_size=4)
+    assert shard_size(spec, 10**8) == DEFAULT_SHARD_ROWS
+    assert shard_size(spec, 16 * 100) == 100  # a small table: MIN_SHARDS shards, whole batches
+    assert shard_size(spec, 10) == 4  # never below one batch
+    assert shard_size(spec_with(tiny, tmp_path, shard_rows=300), 10) == 300  # as given
+    big = parse_spec(job("in.parquet", "out", [stage("txt2img", tiny["txt2img"], width=1024, height=1024)]))
+    assert shard_size(big, 10**8) * 1024 * 1024 * 3 <= 512 * 2**20  # large images: smaller shards
+    assert MIN_SHARDS == 16
+
+
+def test_a_shard_spans_files_in_name_order_and_only_the_last_is_short():
+    plan = ShardPlan.of({"b.parquet": 4, "a.parquet": 3, "empty.parquet": 0, "c.parquet": 6}, shard_rows=5)
+    assert (plan.total_rows, plan.count) == (13, 3)
+    assert plan.pieces(0) == [("a.parquet", 0, 3), ("b.parquet", 0, 2)]
+    assert plan.pieces(1) == [("b.parquet", 2, 4), ("c.parquet", 0, 3)]
+    assert plan.pieces(2) == [("c.parquet", 3, 6)]
+    with pytest.raises(IndexError):
+        plan.pieces(3)
+
+
+def test_read_rows_reads_only_a_pieces_rows_across_row_groups_with_the_tables_types(tmp_path):
+    pq.write_table(pa.table({"prompt": [f"p{i}" for i in range(10)], "n": pa.array(range(10), pa.int32())}),
+                   tmp_path / "a.parquet", row_group_size=3)
+    pq.write_table(pa.table({"prompt": ["q0", "q1"]}), tmp_path / "b.parquet")
+    schema = pa.schema([("prompt", pa.string()), ("n", pa.int64())])
+    fs = storage.filesystem(str(tmp_path))[0]
+    table = read_rows(fs, [(str(tmp_path / "a.parquet"), 4, 8), (str(tmp_path / "b.parquet"), 0, 1)], ["prompt", "n"],
+                      schema)
+    assert table.schema == schema
+    assert table.to_pydict() == {"prompt": ["p4", "p5", "p6", "p7", "q0"], "n": [4, 5, 6, 7, None]}
+
+
+def test_shards_are_committed_whole_and_a_resume_must_keep_the_shard_size(ray_cluster, tiny, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": [f"a{i}" for i in range(7)], "prompt": [f"a prompt {i}" for i in range(7)]}),
+                   folder / "a.parquet", row_group_size=2)
+    pq.write_table(pa.table({"id": [f"b{i}" for i in range(6)], "prompt": [f"b prompt {i}" for i in range(6)]}),
+                   folder / "b.parquet")
+
+    def raw(out, **output):
+        spec = job(str(folder), str(out), [stage("txt2img", tiny["txt2img"], batch_size=2)],
+                   input={"path": str(folder), "id_column": "id"})
+        spec["output"].update(output)
+        return spec
+
+    out = tmp_path / "out"
+    summary = run_job(parse_spec(raw(out, shard_rows=5)))
+    assert summary.rows_ok == 13
+    assert json.loads((out / "shards.json").read_text())["shard_rows"] == 5
+    # Shards of 5 consecutive rows in file order, whatever order they finished in.
+    shards = sorted(sorted(pq.read_table(f).column("id").to_pylist()) for f in (out / "metadata").glob("*.parquet"))
+    assert shards == [["a0", "a1", "a2", "a3", "a4"], ["a5", "a6", "b0", "b1", "b2"], ["b3", "b4", "b5"]]
+
+    # Byte for byte the same as a second output of the same job.
+    run_job(parse_spec(raw(tmp_path / "again", shard_rows=5)))
+    assert [r["sha256"] for r in read_metadata(str(out))] == [r["sha256"] for r in read_metadata(str(tmp_path / "again"))]
+
+    # Another shard size would cut other shards: refused, naming the field; the same one resumes.
+    with pytest.raises(SpecError, match="output.shard_rows"):
+        run_job(parse_spec(raw(out, shard_rows=4)))
+    assert run_job(parse_spec(raw(out, shard_rows=5))).rows_skipped == 13
+
+
+def test_a_resume_finds_committed_shards_from_a_listing_and_retries_failed_shards_whole(ray_cluster, tiny, tmp_path):
+    ids = [f"r{i:02d}" for i in range(12)]
+    steps = [None] * 12
+    steps[7] = 0  # fails: steps must be at least 1
+    table = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": ids, "prompt": [f"prompt {i}" for i in range(12)], "steps": steps}), table)
+    raw = job(str(table), str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"], batch_size=2)],
+              input={"path": str(table), "id_column": "id"})
+    raw["output"]["shard_rows"] = 3
+    first = run_job(parse_spec(raw))
+    assert (first.rows_ok, first.rows_failed) == (11, 1)
+    metadata = tmp_path / "out" / "metadata"
+    names = sorted(path.name for path in metadata.glob("*.parquet"))
+    assert [name.split("-")[1] for name in names] == ["000000000", "000000001", "000000002", "000000003"]
+    assert [name.rsplit("-", 2)[1:] for name in names] == [["r3", "f0.parquet"]] * 2 + [["r3", "f1.parquet"]] + [
+        ["r3", "f0.parquet"]]
+    clean = {row["id"]: row["sha256"] for row in read_metadata(str(tmp_path / "out"))}
+
+    # As after a kill: shard 1 is not committed. The resume finds the others from the listing
+    # alone: it does not read a committed shard's file (here not even Parquet any more).
+    (metadata / names[1]).unlink()
+    (metadata / names[3]).write_bytes(b"not read by a resume")
+    resumed = run_job(parse_spec(raw))
+    assert (resumed.rows_ok, resumed.rows_skipped, resumed.skipped_failed) == (3, 9, 1)
+    (metadata / names[3]).unlink()
+    resumed = run_job(parse_spec(raw))
+    assert (resumed.rows_ok, resumed.rows_skipped) == (3, 9)
+    assert {row["id"]: row["sha256"] for row in read_metadata(str(tmp_path / "out"))} == clean
+
+    # --retry-failed reruns the failed row's shard whole, and no other.
+    retried = run_job(parse_spec(raw), retry_failed=True)
+    assert (retried.rows_ok, retried.rows_failed, retried.rows_skipped) == (2, 1, 9)
+    assert sorted(path.name for path in metadata.glob("*.parquet")) == names
+    assert {row["id"]: row["sha256"] for row in read_metadata(str(tmp_path / "out"))} == clean
+
+
+def test_duplicate_ids_are_found_across_hash_partitions(monkeypatch):
+    from collections import Counter
+
+    from pipeline.io import unique_ids
+
+    files = [pa.array([f"id-{i}" for i in range(0, 5000)]), pa.array([f"id-{i}" for i in range(4990, 9000)] + ["", ""]),
+             pa.array(["ü", "ü", "x", "121", "202"], pa.large_string())]
+    counts = Counter(v for array in files for v in array.to_pylist())
+    expected = sorted(v for v, n in counts.items() if n > 1)
+    hashes = unique_ids.id_hashes(pa.array([f"id-{i}" for i in range(9000)] + ["121", "202", ""]))
+    assert len(set(hashes.tolist())) == 9003  # no two ids of this table share a hash
+    monkeypatch.setattr(unique_ids, "PARTITION_IDS", 1000)  # 10 partitions
+    found, shown = unique_ids.duplicated_ids(lambda: iter(files), sum(len(a) for a in files))
+    assert found == len(expected) == 12 and set(shown) <= set(expected) and len(shown) == 3
+    assert unique_ids.duplicated_ids(lambda: iter(files[:1]), 5000) == (0, [])
