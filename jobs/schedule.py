@@ -29,7 +29,11 @@ PLACEHOLDERS = {
     "schedule": "the schedule's name",
     "run_id": "<schedule>-20261123: one id per scheduled date, the same on every rerun",
 }
-_DATED = ("date", "date_compact", "day", "run_id")
+# Output paths that name one date: any of these, or all of year, month and day together.
+_DATED = ("date", "date_compact", "run_id")
+_DATE_PARTS = {"year", "month", "day"}
+# How far ahead a cron expression must fire at least once (30 February never does).
+_FIRES_WITHIN_DAYS = 4 * 366
 # A backfill past this many dates is a typo in --from/--to more often than a plan.
 MAX_BACKFILL_DATES = 366
 
@@ -55,6 +59,13 @@ class ScheduleSpec(Strict):
 
         if len(value.split()) != 5 or not croniter.is_valid(value):
             raise ValueError(f"{value!r} is not a five-field cron expression (minute hour day month weekday)")
+        start = dt.datetime(2000, 1, 1)
+        try:
+            fires = croniter(value, start).get_next(dt.datetime) < start + dt.timedelta(days=_FIRES_WITHIN_DAYS)
+        except Exception:  # croniter's "failed to find next date"
+            fires = False
+        if not fires:
+            raise ValueError(f"{value!r} never fires (a date that does not exist, such as 30 February?)")
         return value
 
     @field_validator("timezone")
@@ -80,10 +91,12 @@ def load_schedule(path: str | Path) -> ScheduleSpec:
     schedule = validate_document(ScheduleSpec, read_document(path, "schedule"), str(path))
     output = schedule.job.get("output")
     output_path = output.get("path") if isinstance(output, dict) else None
-    if not isinstance(output_path, str) or not set(_fields(output_path)) & set(_DATED):
+    used = set(_fields(output_path)) if isinstance(output_path, str) else set()
+    if not (used & set(_DATED) or _DATE_PARTS <= used):
         raise SpecError(
-            f"{path}: job.output.path must contain {{date}} (or {{date_compact}}, {{run_id}}), so each scheduled "
-            "date writes its own partition and a rerun of a date resumes it instead of mixing dates"
+            f"{path}: job.output.path must contain {{date}} (or {{date_compact}}, {{run_id}}, or all of {{year}}, "
+            "{month} and {day}), so each scheduled date writes its own partition and a rerun of a date resumes "
+            "it instead of mixing dates"
         )
     return schedule
 
@@ -96,10 +109,17 @@ def parse_date(text: str) -> dt.date:
 
 
 def _fields(template: str) -> list[str]:
+    """The placeholders a template uses. Format specs and conversions are refused: a
+    placeholder is replaced by its value as it is ({date:>99999999} would pad without end)."""
     try:
-        return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        parsed = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
     except ValueError as error:
         raise SpecError(f"{template!r}: {error} (write a literal brace as {{{{ or }}}})") from None
+    for name, spec, conversion in parsed:
+        if spec or conversion:
+            raise SpecError(f"{template!r}: write {{{name}}} without a format or conversion")
+    return [name for name, _, _ in parsed]
 
 
 def values(schedule: ScheduleSpec, date: dt.date) -> dict[str, str]:
@@ -153,15 +173,15 @@ def dates_between(schedule: ScheduleSpec, first: dt.date, last: dt.date) -> list
         raise SpecError(f"--to {last} is before --from {first}")
     if (last - first).days >= MAX_BACKFILL_DATES:
         raise SpecError(f"--from {first} --to {last} spans more than {MAX_BACKFILL_DATES} days; backfill in parts")
+    # Day by day (at most MAX_BACKFILL_DATES questions), not firing by firing: an
+    # every-minute schedule fires half a million times a year.
     zone = schedule.zone()
-    start = dt.datetime.combine(first, dt.time(), zone) - dt.timedelta(seconds=1)
-    end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), zone)
-    firings = croniter(schedule.cron, start)
     dates: list[dt.date] = []
-    while (fired := firings.get_next(dt.datetime)) < end:
-        day = fired.astimezone(zone).date()
-        if not dates or dates[-1] != day:
+    day = first
+    while day <= last:
+        start = dt.datetime.combine(day, dt.time(), zone)
+        following = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), zone)
+        if croniter(schedule.cron, start - dt.timedelta(seconds=1)).get_next(dt.datetime) < following:
             dates.append(day)
-        if len(dates) > MAX_BACKFILL_DATES:
-            break
+        day += dt.timedelta(days=1)
     return dates

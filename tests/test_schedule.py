@@ -55,6 +55,10 @@ def test_a_backfill_has_each_firing_date_once(tmp_path):
         dt.date(2026, 11, day) for day in (2, 9, 16, 23, 30)]
     with pytest.raises(SpecError, match="before"):
         dates_between(hourly, dt.date(2026, 11, 3), dt.date(2026, 11, 1))
+    every_minute = load_schedule(write(tmp_path, cron="* * * * *"))  # a date per day, not per firing
+    assert len(dates_between(every_minute, dt.date(2026, 1, 1), dt.date(2026, 12, 31))) == 365
+    parts = load_schedule(write(tmp_path, job={**every_minute.job, "output": {"path": "s3://b/{year}/{month}/{day}"}}))
+    assert render(parts, dt.date(2026, 11, 23)).output.path == "s3://b/2026/11/23"
     with pytest.raises(SpecError, match="366"):
         dates_between(hourly, dt.date(2020, 1, 1), dt.date(2026, 1, 1))
 
@@ -65,6 +69,11 @@ def test_a_backfill_has_each_firing_date_once(tmp_path):
     ({"timezone": "Mars/Olympus"}, "timezone"),
     ({"crn": "0 2 * * *"}, "crn"),
     ({"job": {"name": "x", "input": {"path": "a"}, "stages": [], "output": {"path": "s3://b/out"}}}, r"\{date\}"),
+    # the day of the month alone: 23 November and 23 December would share a partition
+    ({"job": {"name": "x", "input": {"path": "a"}, "stages": [], "output": {"path": "s3://b/{day}"}}}, r"\{date\}"),
+    ({"job": {"name": "x", "input": {"path": "a"}, "stages": [], "output": {"path": "s3://b/{date:>999999}"}}},
+     "without a format"),
+    ({"cron": "0 0 30 2 *"}, "never fires"),
 ])
 def test_a_bad_schedule_is_named(tmp_path, fields, message):
     with pytest.raises(SpecError, match=message):
