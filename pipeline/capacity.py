@@ -78,7 +78,7 @@ def cluster_capacity(stages) -> Capacity:
     if planned > gpus:
         logger.info("the cluster has %g GPUs now and can grow to %g: planning for %g", gpus, planned, planned)
     # The nodes that bring those GPUs bring CPUs too (a head with num-cpus 0 has none of its own).
-    planned_cpus = max(cpus, maximum.get("CPU", 0.0)) if maximum is not None else cpus
+    planned_cpus = planned_cpu_count(stages, cpus, gpus, planned, maximum)
     return Capacity(planned_cpus, planned, gpus, node_cpus, grows)
 
 
@@ -92,3 +92,18 @@ def planned_gpus(stages, present: float, maximum: dict[str, float] | None, grows
         asked = sum((stage.gpus or 0) * (stage.replicas.max or stage.replicas.min) for stage in stages)
         return max(present, asked)
     return present
+
+
+def planned_cpu_count(stages, present: float, present_gpus: float, planned_gpus_: float,
+                      maximum: dict[str, float] | None) -> float:
+    """The CPUs to plan for: the configured maximum when published; when the plan counts on
+    GPUs that are not up yet, at least the CPUs their actors ask for (`cpus`, default 1),
+    which the nodes bringing those GPUs bring; otherwise what is present. Without the second,
+    a cluster whose head has few CPUs would trim GPU pools to fit the head."""
+    if maximum is not None:
+        return max(present, maximum.get("CPU", 0.0))
+    if planned_gpus_ <= present_gpus:
+        return present
+    arriving = sum((stage.cpus or 1.0) * (stage.replicas.max or stage.replicas.min)
+                   for stage in stages if (stage.gpus or 0) > 0)
+    return present + arriving

@@ -62,3 +62,16 @@ def test_an_autoscaling_cluster_is_planned_for_what_it_can_grow_to():
     assert planned_gpus(explicit, 0, None, False) == 0
     with pytest.raises(PlanError, match="GPUs"):
         plan_resources(explicit, 8, planned_gpus(explicit, 0, None, False))
+
+
+def test_gpu_workers_not_up_yet_bring_the_cpus_their_actors_ask_for():
+    from pipeline.capacity import planned_cpu_count, planned_gpus
+
+    nightly = stages("txt2img", gpus=1, replicas={"min": 1, "max": 8})
+    for head_cpus in (2, 4, 8):
+        gpus = planned_gpus(nightly, 0, None, True)
+        cpus = planned_cpu_count(nightly, head_cpus, 0, gpus, None)
+        assert plan_resources(nightly, cpus, gpus, node_cpus=head_cpus).stages[0].max_replicas == 8
+    # a published maximum, or nothing asked beyond what is up: as before
+    assert planned_cpu_count(nightly, 4, 0, 8, {"CPU": 64.0}) == 64
+    assert planned_cpu_count(nightly, 4, 8, 8, None) == 4
