@@ -67,6 +67,12 @@ def check_input(spec: JobSpec) -> InputColumns:
     roles = {role: columns[role] for role in used if columns[role] in names}
     needed = {f"input.columns.{role}": (getattr(spec.input.columns, role), f" ({reason})")
               for role, reason in spec.required_roles().items()}
+    # An optional column (negative_prompt, lora) renamed from its default must exist: a typo
+    # would otherwise run every row without it, silently.
+    defaults = type(spec.input.columns).model_fields
+    for role in sorted(used):
+        if columns[role] != defaults[role].default:
+            needed.setdefault(f"input.columns.{role}", (columns[role], ""))
     if spec.stages[0].needs_prompt:
         needed["input.columns.prompt"] = (spec.input.columns.prompt, "")
     if spec.input.id_column:

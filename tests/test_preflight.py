@@ -152,3 +152,16 @@ def test_an_unknown_scheduler_is_refused_before_ray_naming_the_field(tmp_path):
         preflight.check_models(spec)
     preflight.check_models(parse_spec(job(str(table), "out", [stage("txt2img", "synth:shapes",
                                                                    scheduler="DDIMScheduler")])))
+
+
+@pytest.mark.parametrize("role", ["negative_prompt", "lora"])
+def test_a_misspelt_optional_column_is_refused(tmp_path, role):
+    """Optional columns are read when present; one renamed in the spec must be there."""
+    table = write_table(tmp_path / "in.parquet", {"prompt": ["a red circle"], "neg": ["blurry"]})
+    fields = {"loras": [{"path": str(tmp_path / "a.safetensors"), "name": "a"}], "fuse_loras": False} if role == "lora" else {}
+    raw = job(str(table), "out", [stage("txt2img", "synth:shapes", **fields)],
+              input={"path": str(table), "columns": {role: "negg"}})
+    with pytest.raises(SpecError, match=rf"input.columns.{role}: column 'negg' is not in the input table"):
+        preflight.check_input(preflight.absolute_paths(parse_spec(raw)))
+    # the default name, absent: optional, not refused
+    preflight.check_input(preflight.absolute_paths(parse_spec(job(str(table), "out", [stage("txt2img", "synth:shapes")]))))
