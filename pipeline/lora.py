@@ -18,6 +18,12 @@ from pipeline import storage
 from pipeline.strict import Strict
 
 
+# Bounds on what a spec may load per stage: adapters held on every actor, and their files
+# (a large SDXL LoRA is under 2 GiB).
+MAX_LORAS = 16
+MAX_LORA_BYTES = 4 * 2**30
+
+
 class LoraSpec(Strict):
     path: str = Field(
         description="The adapter's .safetensors file: a local path, an s3:// object, or a hub file "
@@ -55,19 +61,24 @@ def check_lora(path: str, storage_options: dict[str, Any] | None = None) -> None
     """Fail fast (in the driver) when an adapter file is not there; FileNotFoundError
     saying where we looked. Hub files are checked when cached or reachable."""
     source = lora_source(path)
+    size = 0
     if source == "local":
         if not _local(path).is_file():
             raise FileNotFoundError(f"no file {_local(path).resolve()}")
+        size = _local(path).stat().st_size
     elif source == "s3":
         fs, inner = storage.filesystem(path, storage_options)
         if not fs.isfile(inner):
             raise FileNotFoundError(f"no object {path}")
+        size = int(fs.info(inner).get("size") or 0)
     else:
         from huggingface_hub import file_exists, try_to_load_from_cache
 
         repo, filename = _hub_parts(path)
         if not isinstance(try_to_load_from_cache(repo, filename), str) and not file_exists(repo, filename):
             raise FileNotFoundError(f"no file {filename} in the hub repository {repo}")
+    if size > MAX_LORA_BYTES:
+        raise ValueError(f"{size} bytes is over the {MAX_LORA_BYTES >> 30} GiB a LoRA adapter may take")
 
 
 def _hub_parts(path: str) -> tuple[str, str]:

@@ -121,6 +121,18 @@ def test_adapters_are_safetensors_files_that_exist(tiny, tmp_path):
     raw["stages"][0]["loras"][0]["path"] = str(tmp_path / "missing.safetensors")
     with pytest.raises(SpecError, match=r"stages.0.loras.0.path: no file .*missing.safetensors"):
         preflight.check_models(parse_spec(raw))
+    # bounded: a sparse file over the size limit, and more adapters than a stage may hold
+    from pipeline.lora import MAX_LORA_BYTES, MAX_LORAS
+
+    huge = tmp_path / "huge.safetensors"
+    with open(huge, "wb") as handle:
+        handle.truncate(MAX_LORA_BYTES + 1)
+    raw["stages"][0]["loras"][0]["path"] = str(huge)
+    with pytest.raises(SpecError, match=r"stages.0.loras.0.path: .* over the 4 GiB"):
+        preflight.check_models(parse_spec(raw))
+    raw["stages"][0]["loras"] = [{"path": str(huge), "name": f"a{i}"} for i in range(MAX_LORAS + 1)]
+    with pytest.raises(SpecError, match=r"stages.0.loras"):
+        parse_spec(raw)
 
 
 def test_an_adapter_on_s3_is_fetched_once_and_gives_the_local_files_output(tiny, adapters, s3):

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from pipeline.families import FAMILIES, FAMILY_NAMES
-from pipeline.lora import LoraSpec
+from pipeline.lora import MAX_LORAS, LoraSpec
 from pipeline.params import ROW_PARAMS, ControlScale, GuidanceScale, Side, Steps, Strength
 from pipeline.strict import FieldError, Strict
 
@@ -83,6 +83,7 @@ class StageBase(Strict):
     )
     loras: list[LoraSpec] = Field(
         default_factory=list,
+        max_length=MAX_LORAS,
         description="LoRA adapters on the model, loaded once per actor; every call runs with all of them at their "
         "weights, unless a row picks one by name (input.columns.lora, with fuse_loras: false).",
     )
