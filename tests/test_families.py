@@ -329,3 +329,20 @@ def test_hub_checkpoints_resolve_to_their_family():
     assert resolve_family(None, "KandinskyV22Pipeline", "kandinsky-community/kandinsky-2-2-decoder").name == "kandinsky22"
     assert resolve_family(None, "StableDiffusionXLPipeline", "stabilityai/sdxl-turbo").name == "sdxl"
     assert resolve_family("sdxl-turbo", "StableDiffusionXLPipeline", "stabilityai/sdxl-turbo").name == "sdxl-turbo"
+
+
+def test_the_pixel_budget_counts_a_cascades_default_size(cascades):
+    """Given no width or height, Würstchen makes its call's default (512 px, rounded through
+    its prior to 544): the budget must count that, not 0."""
+    import pyarrow as pa
+
+    from pipeline import batch as B
+    from pipeline.io.prepare import RowRules, canonical_batch
+    from pipeline.stages import WORKERS
+
+    rules = RowRules(job_seed=3, base_dir="/", storage_options={}, id_column=None, roles={"prompt": "prompt"},
+                     overrides={})
+    worker = WORKERS["txt2img"](stage("txt2img", cascades["wuerstchen"], width=None, height=None),
+                                max_output_pixels=256 * 256)
+    out = worker(canonical_batch(pa.table({"prompt": ["a red circle"]}), rules))
+    assert out[B.STATUS][0] == "failed" and "pixels" in out[B.ERROR][0], out[B.ERROR]

@@ -244,12 +244,28 @@ class StageWorker:
             return group.images[0].size
         if group.controls:
             return group.controls[0].size
-        denoiser = getattr(self.pipe, "unet", None) or getattr(self.pipe, "transformer", None)
-        sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
-        default = sample * getattr(self.pipe, "vae_scale_factor", 8) if isinstance(sample, int) else 0
+        default = self._default_side()
         width, height = group.width or default, group.height or default
         rounded = self.family.output_side
         return (rounded(width) if rounded and width else width), (rounded(height) if rounded and height else height)
+
+    def _default_side(self) -> int:
+        """The side the pipeline generates at when given none (0 where it does not say):
+        its call's default (Würstchen's 1024), else its default latent size (Flux, SD3,
+        PixArt) or its denoiser's, times the VAE's scale."""
+        import inspect
+
+        try:
+            parameter = inspect.signature(self.pipe.__call__).parameters.get("height")
+        except (TypeError, ValueError):
+            parameter = None
+        if parameter is not None and isinstance(parameter.default, int):
+            return parameter.default
+        sample = getattr(self.pipe, "default_sample_size", None)
+        if not isinstance(sample, int):
+            denoiser = getattr(self.pipe, "unet", None) or getattr(self.pipe, "transformer", None)
+            sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
+        return sample * getattr(self.pipe, "vae_scale_factor", 8) if isinstance(sample, int) else 0
 
     def size_label(self, group: Group) -> str:
         """The size a group generates at, for messages."""
