@@ -105,7 +105,13 @@ def submit(spec: JobSpec, address: str | None, options: RunOptions = RunOptions(
         spec = preflight(spec)
     from pipeline import storage
 
+    from pipeline.lora import lora_source
+    from pipeline.models import model_source
+
     local = [path for path in (spec.input.path, spec.output.path) if not storage.is_remote(path)]
+    for stage in spec.stages:  # models, ControlNets and adapters are read on the nodes too
+        local += [model for model in (stage.model, stage.controlnet) if model and model_source(model) == "local"]
+        local += [lora.path for lora in stage.loras if lora_source(lora.path) == "local"]
     if local:
         logger.warning("%s: local paths are read and written on the cluster's nodes, not on this machine; "
                        "use s3:// or a mount every node shares", ", ".join(local))

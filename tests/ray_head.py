@@ -47,8 +47,8 @@ def start_head(num_cpus: int = 2, num_gpus: int = 0, timeout_s: float = 120, ext
                f"--num-gpus={num_gpus}", *extra_args, "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
                *(f"--{name}={port}" for name, port in ports.items())]
-    log = open(os.path.join(temp_dir, "head.log"), "w")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(os.path.join(temp_dir, "head.log"), "w") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     head = Head(f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{ports['port']}", auth, process, temp_dir)
     try:
         _wait_for_jobs_api(head, timeout_s)
@@ -85,17 +85,19 @@ def _tail(head: Head) -> str:
 
 def stop_head(head: Head) -> None:
     """SIGTERM to the head's process group (ours alone), SIGKILL what is left soon after (a
-    head drains for 30 s on SIGTERM; a throwaway one need not)."""
+    head drains for 30 s on SIGTERM; a throwaway one need not); its temp dir goes too."""
     try:
-        os.killpg(head.process.pid, signal.SIGTERM)
-        head.process.wait(3)
-    except subprocess.TimeoutExpired:
-        pass
+        try:
+            os.killpg(head.process.pid, signal.SIGTERM)
+            head.process.wait(3)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        head.process.wait()
     except ProcessLookupError:
-        return
-    try:
-        os.killpg(head.process.pid, signal.SIGKILL)
-    except ProcessLookupError:
         pass
-    head.process.wait()
-    shutil.rmtree(head.temp_dir, ignore_errors=True)
+    finally:
+        shutil.rmtree(head.temp_dir, ignore_errors=True)

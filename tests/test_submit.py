@@ -119,7 +119,12 @@ def test_a_date_fired_twice_at_once_writes_its_partition_once_and_a_backfill_run
     schedule = write_schedule(tmp_path, tiny)
     command = ("schedule", "run", str(schedule), "--date", "2026-11-23", "--address", head.address, "--wait")
     firings = [synth_async(head, *command) for _ in range(2)]
-    outputs = [firing.communicate(timeout=500) for firing in firings]
+    try:
+        outputs = [firing.communicate(timeout=300) for firing in firings]
+    finally:
+        for firing in firings:  # a hung one must not outlive the test
+            firing.kill()
+            firing.wait()
     codes = [firing.returncode for firing in firings]
     logs = "\n".join(out + err for out, err in outputs)
     # Both end well: one writes the partition; the other waited on its lease (or came after
