@@ -27,8 +27,9 @@ from pathlib import Path
 
 @dataclass
 class Workload:
-    """tiny (the CPU profile): the project's tiny txt2img model at 64 px. sd15 / sdxl (the
-    GPU profiles): the full architectures with random weights at 512 / 1024 px."""
+    """tiny (the CPU profile): the project's tiny txt2img model at 64 px. The GPU profiles
+    (benchmarks/architectures.py: sd15, sdxl, sdxl-turbo, flux-schnell, stable-cascade):
+    the full architectures with random weights at their native size."""
 
     profile: str = "tiny"
     rows: int = 256
@@ -132,22 +133,28 @@ def bare_loop(model: str, work: Workload, threads: int, rows: range) -> tuple[in
     import torch
     from diffusers import AutoPipelineForText2Image
 
-    from pipeline.models import torch_dtype
+    from pipeline.families import detect_family
+    from pipeline.models import register_moved_classes, torch_dtype
 
     torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    register_moved_classes()  # Stable Cascade's VQGAN, as the stage loader does
     pipe = AutoPipelineForText2Image.from_pretrained(
         model, use_safetensors=True, dtype=torch_dtype("auto", device)
     ).to(device)  # the stage workers' dtype rule: bf16 on CUDA, fp32 on CPU
     pipe.set_progress_bar_config(disable=True)
+    # The stage's call adapter: the arguments a stage of this family passes (Stable
+    # Cascade's steps and guidance are its prior's, and its decoder's steps are fixed).
+    family = detect_family(type(pipe).__name__)
     texts = prompts(work.rows)
 
     def run(first: int, stop: int):
         generators = [torch.Generator().manual_seed(i) for i in range(first, stop)]
+        call = {"prompt": texts[first:stop], "num_inference_steps": work.steps, "guidance_scale": work.guidance_scale,
+                "width": work.width, "height": work.height, "generator": generators}
         # inference_mode, as the stage workers use: the baseline gets every trick they get
         with torch.inference_mode():
-            pipe(texts[first:stop], num_inference_steps=work.steps, guidance_scale=work.guidance_scale,
-                 width=work.width, height=work.height, generator=generators, output_type="np")
+            pipe(**family.arguments("txt2img", call, (work.width, work.height)), output_type="np")
 
     run(rows.start, min(rows.start + work.batch_size, rows.stop))
     started = time.perf_counter()

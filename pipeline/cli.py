@@ -219,15 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("out_dir")
     demo.set_defaults(func=cmd_demo)
     bench = commands.add_parser("bench", help="benchmark: bare diffusers loop vs the full pipeline, one run")
-    bench.add_argument("--profile", choices=["tiny", "sd15", "sdxl", "sdxl-turbo"], default="tiny",
-                       help="tiny: CPU profile; sd15/sdxl/sdxl-turbo: full architectures, random weights (for a GPU)")
+    bench.add_argument("--profile", choices=["tiny", "sd15", "sdxl", "sdxl-turbo", "flux-schnell", "stable-cascade"],
+                       default="tiny", help="tiny: CPU profile; the others: full architectures from their published "
+                       "configs, random weights (for a GPU)")
     bench.add_argument("--size", type=int, default=None, help="image side in px (default: the profile's)")
     bench.add_argument("--guidance-scale", type=float, default=None,
-                       help="default 7.5 (sdxl-turbo: 0)")
+                       help="default 7.5 (sdxl-turbo, flux-schnell: 0; stable-cascade: 4, its prior's)")
     bench.add_argument("--peak-tflops", type=float, default=790.0, help="device peak, for share of peak")
     bench.add_argument("--rows", type=int, default=256)
     bench.add_argument("--batch-size", type=int, default=16)
-    bench.add_argument("--steps", type=int, default=None, help="default 8 (sdxl-turbo: 4)")
+    bench.add_argument("--steps", type=int, default=None,
+                       help="default 8 (sdxl-turbo, flux-schnell: 4; stable-cascade: 20, its prior's)")
     bench.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
     bench.add_argument("--out", default=None, help="write the results as JSON here")
     bench.add_argument("--serve", action="store_true",
