@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline import storage
@@ -197,6 +198,31 @@ def check_family(spec: JobSpec, index: int, pipeline_class: str | None) -> None:
         field, why = problem
         detected = "" if stage.family else f" (the family detected from its {pipeline_class})"
         raise SpecError(f"stages.{index}.{field}: {why}{detected}")
+
+
+def adapter_fingerprints(spec: JobSpec) -> list[str | None]:
+    """Per stage, a fingerprint of its LoRA files' and ControlNet's contents (None without
+    them, or where only the hub knows: a hub file's revision is not pinned), which a resume
+    compares with the one models.json pinned: an adapter rewritten under the same path would
+    otherwise mix two adapters' images in one output."""
+    from pipeline.lora import lora_source
+    from pipeline.models import _content_digest, _fingerprint, _local_fingerprint, model_source
+
+    fingerprints = []
+    for stage in spec.stages:
+        entries = []
+        for lora in stage.loras:
+            source = lora_source(lora.path)
+            if source == "local":
+                entries.append((lora.name, _content_digest(Path(lora.path.removeprefix("file://")).expanduser())))
+            elif source == "s3":
+                fs, inner = storage.filesystem(lora.path, spec.storage_options)
+                entries.append((lora.name, str(fs.info(inner).get("ETag", "")).strip('"')))
+        controlnet = getattr(stage, "controlnet", None)
+        if controlnet and model_source(controlnet) == "local":
+            entries.append(("controlnet", _local_fingerprint(Path(controlnet.removeprefix("file://")).expanduser().resolve())))
+        fingerprints.append(_fingerprint(entries) if entries else None)
+    return fingerprints
 
 
 def pin_models(spec: JobSpec, revisions: list[str | None]) -> JobSpec:

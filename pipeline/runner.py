@@ -103,6 +103,7 @@ def run_job(spec: JobSpec, retry_failed: bool = False, allow_model_change: bool 
     spec = preflight.absolute_paths(spec)
     columns = preflight.check_input(spec)
     revisions = preflight.check_models(spec)
+    adapters = preflight.adapter_fingerprints(spec)
     preflight.check_output(spec)
 
     # 2. One writer per output: the job claims it (job.json, created exclusively), then the
@@ -113,8 +114,8 @@ def run_job(spec: JobSpec, retry_failed: bool = False, allow_model_change: bool 
     run_id = new_run_id()
     with log.lease(run_id, spec, wait_for_lease_s) as lease:
         log.check_same_job(spec)
-        changes = log.check_models(spec, revisions, allow_model_change)
-        log.record_job(spec, revisions, changes, run_id)
+        changes = log.check_models(spec, revisions, allow_model_change, adapters)
+        log.record_job(spec, revisions, changes, run_id, adapters)
         record = log.start_run(spec, retry_failed, run_id, revisions, changes)
         summary = None
         try:

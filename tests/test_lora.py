@@ -149,3 +149,34 @@ def test_an_adapter_on_s3_is_fetched_once_and_gives_the_local_files_output(tiny,
     raw["stages"][0]["loras"][0]["path"] = f"{bucket}/loras/missing.safetensors"
     with pytest.raises(SpecError, match=r"stages.0.loras.0.path: no object s3://.*missing.safetensors"):
         preflight.check_models(parse_spec(raw))
+
+
+def test_a_resume_with_an_adapter_rewritten_in_place_is_refused_unless_allowed(tiny, adapters, tmp_path):
+    """The adapter's bytes are pinned with the model's revision (models.json): the same path
+    with other contents would mix two adapters' images in one output."""
+    import shutil
+
+
+    from pipeline.io.commit_log import CommitLog
+
+    adapter = tmp_path / "style.safetensors"
+    shutil.copy(adapters["a"], adapter)
+    table = write_table(tmp_path / "in.parquet", {"prompt": ["a red circle"]})
+    spec = parse_spec(job(table, str(tmp_path / "out"),
+                          [stage("txt2img", tiny["txt2img"], loras=[{"path": str(adapter), "name": "style"}])]))
+    log = CommitLog.of(spec)
+    revisions = preflight.check_models(spec)
+    pinned = preflight.adapter_fingerprints(spec)
+    assert pinned[0] and pinned == preflight.adapter_fingerprints(spec)
+    log.record_job(spec, revisions, [], "first", pinned)
+    assert log.check_models(spec, revisions, False, pinned) == []
+    log.commit(pa.table({"id": ["x"], "status": ["ok"], "error": [None]}), shard=0)  # a committed row
+
+    shutil.copy(adapters["b"], adapter)  # retrained, saved under the same name
+    now = preflight.adapter_fingerprints(spec)
+    assert now != pinned
+    with pytest.raises(SpecError, match=r"stages.0.loras: the files of this stage's LoRA adapters or ControlNet "
+                                        r"changed .*--allow-model-change"):
+        log.check_models(spec, revisions, False, now)
+    [change] = log.check_models(spec, revisions, True, now)
+    assert (change["from"], change["to"]) == (pinned[0], now[0])

@@ -275,7 +275,8 @@ class CommitLog:
 
     @_output_io
     def record_job(self, spec: JobSpec, revisions: list[str | None] | None = None,
-                   changes: list[dict[str, Any]] = (), run_id: str | None = None) -> None:
+                   changes: list[dict[str, Any]] = (), run_id: str | None = None,
+                   adapters: list[str | None] = ()) -> None:
         """Write job.json and row_ids.json: the output belongs to this job from now on. With
         revisions (each stage's, as the driver resolved them), pin them in models.json; the
         changes check_models allowed go into its history."""
@@ -287,10 +288,14 @@ class CommitLog:
         before = self._read_json("models.json") or {}
         pinned = {entry["stage"]: entry for entry in before.get("stages", [])}
         stages = []
-        for index, (stage, revision) in enumerate(zip(spec.stages, revisions)):
+        adapters = list(adapters) or [None] * len(spec.stages)
+        for index, (stage, revision, adapter) in enumerate(zip(spec.stages, revisions, adapters)):
             entry = pinned.get(index)
-            if entry is None or (entry["model"], entry["revision"]) != (stage.model, revision):
+            if entry is None or (entry["model"], entry["revision"], entry.get("adapters")) != (
+                    stage.model, revision, adapter):
                 entry = {"stage": index, "model": stage.model, "revision": revision, "pinned_at": now, "run_id": run_id}
+                if adapter:
+                    entry["adapters"] = adapter
             stages.append(entry)
         history = before.get("history", []) + [{**change, "at": now, "run_id": run_id} for change in changes]
         self._write_json("models.json", {
@@ -301,7 +306,8 @@ class CommitLog:
         })
 
     @_output_io
-    def check_models(self, spec: JobSpec, revisions: list[str | None], allow_change: bool = False) -> list[dict]:
+    def check_models(self, spec: JobSpec, revisions: list[str | None], allow_change: bool = False,
+                     adapters: list[str | None] = ()) -> list[dict]:
         """Compare each stage's model revision, as the driver resolved it now, with the one
         pinned in models.json. When rows are committed, a change would mix two models'
         images in one output: refused (SpecError naming the stage and both revisions),
@@ -310,6 +316,21 @@ class CommitLog:
         pinned = {entry["stage"]: entry for entry in (self._read_json("models.json") or {}).get("stages", [])}
         committed = bool(self.metadata_files())
         changes = []
+        for index, adapter in enumerate(adapters):
+            entry = pinned.get(index)
+            if entry is None or None in (entry.get("adapters"), adapter) or entry["adapters"] == adapter:
+                continue
+            if committed and not allow_change:
+                raise SpecError(
+                    f"stages.{index}.loras: the files of this stage's LoRA adapters or ControlNet changed (now "
+                    f"{adapter}, {entry['adapters']} when run {entry['run_id']} committed rows in {self.path}): a "
+                    "resume would mix images made with both. Use a new output.path, restore the files, or run "
+                    "with --allow-model-change"
+                )
+            changes.append({"stage": index, "model": "its LoRA adapters and ControlNet", "from": entry["adapters"],
+                            "to": adapter, "reason": "--allow-model-change" if committed else "no row was committed yet"})
+            logger.warning("stages.%d: its adapter files now fingerprint %s (was %s)", index, adapter,
+                           entry["adapters"])
         for index, (stage, revision) in enumerate(zip(spec.stages, revisions)):
             entry = pinned.get(index)
             if entry is None or None in (entry["revision"], revision) or entry["revision"] == revision:
