@@ -461,8 +461,10 @@ def check_controlnet(model: str, allow_pickle: bool = False) -> None:
         config = folder / "config.json"
         if not config.is_file():
             raise ModelError(f"no diffusers ControlNet at {folder}: config.json not found there")
-        if "ControlNet" not in json.loads(config.read_text()).get("_class_name", ""):
-            raise ModelError(f"{folder} holds a {json.loads(config.read_text()).get('_class_name')}, not a ControlNet")
+        found = json.loads(config.read_text()).get("_class_name", "")
+        if found != "ControlNetModel":  # what the loader builds; Flux's or SD3's would fail there
+            raise ModelError(f"{folder} holds a {found or 'model of no class'}, not a ControlNetModel (the ControlNet "
+                             "of the sd and sdxl families)")
         if not allow_pickle:
             refuse_pickles([p.name for p in folder.iterdir() if p.is_file()], str(folder))
         return
