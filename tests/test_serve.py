@@ -280,11 +280,14 @@ def test_the_playground_draws_an_image_in_a_real_browser(endpoint, browser):
 def test_synth_metrics_are_exported_with_rays(endpoint, ray_cluster):
     """Images generated and batch sizes reach the node's Prometheus endpoint, beside Serve's own."""
     port = ray_cluster._private.worker._global_node.metrics_export_port
-    deadline, text = time.time() + 60, ""
+    # Each metric reaches the agent on its own export cycle: wait for all of them.
+    names = ("ray_synth_images_generated", "ray_synth_batch_requests_bucket", "ray_synth_batch_images_bucket",
+             "ray_serve_num_http_requests")
+    deadline, text = time.time() + 90, ""
     while time.time() < deadline:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             text = response.read().decode()
-        if "synth_images_generated" in text and "synth_batch_requests_bucket" in text:
+        if all(name in text for name in names):
             break
         time.sleep(2)
     generated = [line for line in text.splitlines() if line.startswith("ray_synth_images_generated")]
