@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -78,7 +79,20 @@ def first_commit(spec_file: Path, out_metadata, env: dict, timeout_s: float = 60
     started = time.perf_counter()
     log = open(os.environ["SYNTH_BENCH_DRIVER_LOG"], "ab") if os.environ.get("SYNTH_BENCH_DRIVER_LOG") else None
     driver = subprocess.Popen([sys.executable, "-c", code, str(spec_file)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # When the driver has done everything before generating (preflight, lease, resume plan,
+    # ray.init, pool plan): Ray Data logs that the dataset starts executing.
+    dataset_started: list[float] = []
+
+    def watch() -> None:
+        for line in driver.stderr:
+            if not dataset_started and b"Starting execution of Dataset" in line:
+                dataset_started.append(time.perf_counter() - started)
+            if log:
+                log.write(line)
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
     process, peak, seconds = psutil.Process(driver.pid), 0, None
     before = set(out_metadata())
     while time.perf_counter() - started < timeout_s and driver.poll() is None:
@@ -96,9 +110,11 @@ def first_commit(spec_file: Path, out_metadata, env: dict, timeout_s: float = 60
     except subprocess.TimeoutExpired:
         driver.kill()
         driver.wait()
+    reader.join(10)
     if log:
         log.close()
-    return {"first_commit_s": round(seconds, 1) if seconds else None, "driver_peak_rss_mib": round(peak / 2**20)}
+    return {"dataset_started_s": round(dataset_started[0], 1) if dataset_started else None,
+            "first_commit_s": round(seconds, 1) if seconds else None, "driver_peak_rss_mib": round(peak / 2**20)}
 
 
 def _commit_synthetic(raw: dict, upto_rows: int) -> None:
