@@ -126,6 +126,15 @@ def _wuerstchen_side(side: int) -> int:
     return int(math.ceil(side / 42.67) * 10.67) * 4
 
 
+# Würstchen and Stable Cascade call alike: the stage's steps and guidance go to the prior,
+# the decoder runs at diffusers' defaults, the size is rounded through the prior's latent.
+_CASCADE = dict(
+    renamed={"num_inference_steps": "prior_num_inference_steps", "guidance_scale": "prior_guidance_scale"},
+    fixed={"num_inference_steps": 12, "decoder_guidance_scale": 0.0},
+    adapters=False,
+    output_side=_wuerstchen_side,
+)
+
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
@@ -165,20 +174,14 @@ FAMILIES: dict[str, Family] = {
             "and guidance_scale are the prior's, the decoder runs its default 12 steps without guidance",
             ("WuerstchenCombinedPipeline", "WuerstchenDecoderPipeline"),
             ("txt2img",),
-            renamed={"num_inference_steps": "prior_num_inference_steps", "guidance_scale": "prior_guidance_scale"},
-            fixed={"num_inference_steps": 12, "decoder_guidance_scale": 0.0},
-            adapters=False,
-            output_side=_wuerstchen_side,
+            **_CASCADE,
         ),
         Family(
             "stable-cascade",
             "Stable Cascade (Würstchen v3): as wuerstchen, with Stable Cascade's UNets for prior and decoder",
             ("StableCascadeCombinedPipeline", "StableCascadeDecoderPipeline"),
             ("txt2img",),
-            renamed={"num_inference_steps": "prior_num_inference_steps", "guidance_scale": "prior_guidance_scale"},
-            fixed={"num_inference_steps": 12, "decoder_guidance_scale": 0.0},
-            adapters=False,
-            output_side=_wuerstchen_side,
+            **_CASCADE,
         ),
         Family(
             "sd3",
