@@ -132,7 +132,7 @@ def _commit_synthetic(raw: dict, upto_rows: int) -> None:
     spec = preflight.absolute_paths(parse_spec(raw))
     columns = preflight.check_input(spec)
     log = CommitLog.of(spec)
-    shard_rows, _ = log.shards(spec, columns.rows, columns.sizes)
+    shard_rows, _ = log.shards(spec, columns.rows, columns.sizes, columns.versions)
     schema = metadata_schema()
 
     def commit(shard: int) -> None:

@@ -53,6 +53,7 @@ class InputColumns:
     schema: Any  # pyarrow.Schema of the whole table (every file's columns, widened types)
     rows: dict[str, int] | None = None  # each non-empty file's row count
     sizes: dict[str, int] | None = None  # and its size in bytes
+    versions: dict[str, str] | None = None  # and its version (ETag, mtime)
 
 
 def check_input(spec: JobSpec) -> InputColumns:
@@ -107,7 +108,7 @@ def check_input(spec: JobSpec) -> InputColumns:
                 f"the table has: {', '.join(sorted(names))}"
             )
     overrides = {param: chosen[param] for param in OVERRIDE_PARAMS if chosen[param] in names and param in taken}
-    return InputColumns(roles, overrides, shape.schema, shape.rows, shape.sizes)
+    return InputColumns(roles, overrides, shape.schema, shape.rows, shape.sizes, shape.versions)
 
 
 def _check_unique_ids(spec: JobSpec, files: list[str], total: int) -> None:

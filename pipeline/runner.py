@@ -183,7 +183,7 @@ def _resume(log: CommitLog, spec: JobSpec, columns, retry_failed: bool) -> _Resu
     from pipeline.io.done import every_row_committed
 
     rows = columns.rows or {}
-    shard_rows, same_input = log.shards(spec, rows, columns.sizes or {})
+    shard_rows, same_input = log.shards(spec, rows, columns.sizes or {}, columns.versions or {})
     if same_input and spec.input.id_column:
         done = log.committed_shards(retry_failed)
         if done.retried:

@@ -111,3 +111,26 @@ def test_parquet_shards_are_read_by_hugging_face_datasets(ray_cluster, tiny, tmp
         row["sha256"] for row in rows.values() if row["sha256"])
     page = build_report(str(out))
     assert "cannot read the image" not in page
+
+
+def test_identical_rows_get_distinct_samples_that_webdataset_reads(tmp_path):
+    """Without input.id_column identical rows share an id, so an image key; the tar must
+    still name each sample once (webdataset refuses a name twice)."""
+    import webdataset as wds
+
+    from pipeline.io.layouts import huggingface_features, parquet_shard, webdataset_tar
+
+    fields = {"id": ["dup", "dup", "other"], "prompt": ["a", "a", "b"], "negative_prompt": ["", "", ""],
+              "seed": [1, 1, 2], "stage_chain": ["txt2img"] * 3, "models": [["m"]] * 3, "width": [8] * 3,
+              "height": [8] * 3, "format": ["jpeg"] * 3, "sha256": ["x", "y", "z"]}
+    metadata = pa.table(fields)
+    keys = ["images/ab/abcdef.jpg", "images/ab/abcdef.jpg", "images/cd/cdef01.jpg"]
+    tar, members = webdataset_tar(metadata, keys, [b"1", b"2", b"3"])
+    assert members == ["abcdef.jpg", "abcdef-1.jpg", "cdef01.jpg"]
+    (tmp_path / "shard.tar").write_bytes(tar)
+    samples = list(wds.WebDataset(str(tmp_path / "shard.tar"), shardshuffle=False))
+    assert [(sample["__key__"], sample["jpg"]) for sample in samples] == [
+        ("abcdef", b"1"), ("abcdef-1", b"2"), ("cdef01", b"3")]
+    _, names = parquet_shard(metadata, keys, [b"1", b"2", b"3"])
+    assert len(set(names)) == 3
+    assert huggingface_features()["models"]["_type"] == "Sequence"

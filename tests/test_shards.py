@@ -138,3 +138,28 @@ def test_duplicate_ids_are_found_across_hash_partitions(monkeypatch):
     found, shown = unique_ids.duplicated_ids(lambda: iter(files), sum(len(a) for a in files))
     assert found == len(expected) == 12 and set(shown) <= set(expected) and len(shown) == 3
     assert unique_ids.duplicated_ids(lambda: iter(files[:1]), 5000) == (0, [])
+
+
+def test_a_rewritten_input_turns_the_fast_resume_off_for_good(tiny, tmp_path):
+    """A file rewritten with its rows in another order may keep its size; its version (mtime,
+    ETag) tells. Once the input changed, shard numbers committed since name that input's
+    shards, so the first input coming back does not turn the listing-based resume on again."""
+    import os
+
+    from pipeline import preflight
+    from pipeline.io.commit_log import CommitLog
+
+    table = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(8)], "prompt": ["p"] * 8}), table, compression="none")
+    spec = parse_spec(job(str(table), str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"])],
+                          input={"path": str(table), "id_column": "id"}))
+    log = CommitLog.of(spec)
+    first = preflight.check_input(spec)
+    assert log.shards(spec, first.rows, first.sizes, first.versions)[1] is True
+    pq.write_table(pa.table({"id": [f"r{i}" for i in reversed(range(8))], "prompt": ["p"] * 8}), table,
+                   compression="none")
+    os.utime(table, ns=(10**18, 10**18))  # another version, whatever the clock's resolution
+    rewritten = preflight.check_input(spec)
+    assert rewritten.sizes == first.sizes and rewritten.versions != first.versions
+    assert log.shards(spec, rewritten.rows, rewritten.sizes, rewritten.versions)[1] is False
+    assert log.shards(spec, first.rows, first.sizes, first.versions)[1] is False

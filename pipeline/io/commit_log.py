@@ -121,8 +121,10 @@ def shard_stem(shard: int, ids: list[str]) -> str:
     return f"shard-{shard:09d}-{batch_name(ids).removeprefix('part-')}"
 
 
-def _input_fingerprint(rows: dict[str, int], sizes: dict[str, int]) -> str:
-    text = "\n".join(f"{file}\t{rows[file]}\t{sizes.get(file)}" for file in sorted(rows))
+def _input_fingerprint(rows: dict[str, int], sizes: dict[str, int], versions: dict[str, str]) -> str:
+    # The version (ETag, mtime) too: a file rewritten with its rows in another order can keep
+    # its size, and shard numbers would then name other rows.
+    text = "\n".join(f"{file}\t{rows[file]}\t{sizes.get(file)}\t{versions.get(file)}" for file in sorted(rows))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -354,7 +356,8 @@ class CommitLog:
     # ------------------------------------------------------------ shards
 
     @_output_io
-    def shards(self, spec: JobSpec, rows: dict[str, int], sizes: dict[str, int]) -> tuple[int, bool]:
+    def shards(self, spec: JobSpec, rows: dict[str, int], sizes: dict[str, int],
+               versions: dict[str, str] | None = None) -> tuple[int, bool]:
         """This output's shard size, and whether the input is the one its first run read.
 
         The size is the one the first run chose (shards.json), so a resume cuts the same
@@ -364,10 +367,12 @@ class CommitLog:
         largest batch size, which is its shard size. An output.shard_rows other than the one
         the first run was given is refused: it would cut other shards. When the input
         changed (a file added, removed or rewritten), a committed shard number no longer
-        names the same rows, and the caller resumes by row ids instead."""
+        names the same rows, and the caller resumes by row ids instead, from then on: shards
+        committed for the changed input are numbered by its plan, so the first input coming
+        back would not make the numbers right again."""
         from pipeline.io.shards import shard_size
 
-        fingerprint = _input_fingerprint(rows, sizes)
+        fingerprint = _input_fingerprint(rows, sizes, versions or {})
         recorded = self._read_json("shards.json")
         if recorded is None:
             legacy = bool(self.metadata_files())
@@ -388,6 +393,8 @@ class CommitLog:
         same = recorded.get("input") == fingerprint
         if not same:
             logger.info("the input changed since the first run into %s: resuming by row ids", self.path)
+            if recorded.get("input") is not None:
+                self._write_json("shards.json", {**recorded, "input": None, "input_changed": _utc(time.time())})
         return int(recorded["shard_rows"]), same
 
     @_output_io

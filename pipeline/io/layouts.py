@@ -43,8 +43,21 @@ def shard_file(layout: str, stem: str) -> str:
 
 
 def _samples(metadata, keys: list[str | None]) -> list[tuple[int, str, dict[str, Any]]]:
+    """(row, its sample key, its fields) for each row with an image. Identical input rows
+    (no input.id_column: their ids are their content's hash) share an image key; a sample
+    key must be unique in a shard (webdataset refuses a tar with a name twice), so later
+    ones get -1, -2... in row order, which the shard's composition fixes."""
     rows = metadata.select(list(SAMPLE_FIELDS)).to_pylist()
-    return [(index, sample_key(key), rows[index]) for index, key in enumerate(keys) if key is not None]
+    seen: dict[str, int] = {}
+    samples = []
+    for index, key in enumerate(keys):
+        if key is None:
+            continue
+        name = sample_key(key)
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        samples.append((index, f"{name}-{count}" if count else name, rows[index]))
+    return samples
 
 
 def webdataset_tar(metadata, keys: list[str | None], data: list[bytes | None]) -> tuple[bytes, list[str | None]]:
@@ -68,7 +81,8 @@ def huggingface_features() -> dict[str, Any]:
         "id": {**value, "dtype": "string"}, "prompt": {**value, "dtype": "string"},
         "negative_prompt": {**value, "dtype": "string"}, "seed": {**value, "dtype": "int64"},
         "stage_chain": {**value, "dtype": "string"},
-        "models": {"_type": "List", "feature": {**value, "dtype": "string"}},
+        # Sequence, not List: datasets 3.x knows only Sequence; 4.x and 5.x read it as a List.
+        "models": {"_type": "Sequence", "feature": {**value, "dtype": "string"}},
         "width": {**value, "dtype": "int32"}, "height": {**value, "dtype": "int32"},
         "format": {**value, "dtype": "string"}, "sha256": {**value, "dtype": "string"},
         "image": {"_type": "Image"},

@@ -92,6 +92,7 @@ class InputShape:
     files: dict[str, frozenset[str]]  # file -> the columns it holds
     rows: dict[str, int] = None  # file -> its row count (from the footer)
     sizes: dict[str, int] = None  # file -> its size in bytes
+    versions: dict[str, str] = None  # file -> its version: S3's ETag, a local file's mtime
 
     def first_file_without(self, column: str) -> str | None:
         return next((file for file, names in self.files.items() if column not in names), None)
@@ -119,10 +120,13 @@ def input_shape(spec: JobSpec) -> InputShape:
 
     counts: dict[str, int] = {}
     sizes: dict[str, int] = {}
+    versions: dict[str, str] = {}
 
     def footer(file: str):
         try:
-            sizes[file] = fs.size(file)
+            info = fs.info(file)
+            sizes[file] = int(info.get("size") or 0)
+            versions[file] = str(info.get("ETag") or info.get("mtime") or "")
             if sizes[file] == 0:
                 return None
             with fs.open(file, "rb") as handle:
@@ -158,7 +162,8 @@ def input_shape(spec: JobSpec) -> InputShape:
             field = field.with_type(pa.string())
         fields.append(field)
     return InputShape(pa.schema(fields), {file: frozenset(schema.names) for file, schema in schemas.items()},
-                      {file: counts[file] for file in schemas}, {file: sizes[file] for file in schemas})
+                      {file: counts[file] for file in schemas}, {file: sizes[file] for file in schemas},
+                      {file: versions[file] for file in schemas})
 
 
 def unreadable(file: str, error: Exception) -> InputError:
