@@ -126,6 +126,10 @@ def _wuerstchen_side(side: int) -> int:
     return int(math.ceil(side / 42.67) * 10.67) * 4
 
 
+# SD-Turbo and SDXL-Turbo: their weights look like SD 2.1's and SDXL's, so they are named,
+# never detected, and bring the distilled recipe (few steps, no guidance).
+_TURBO = dict(detected=False, defaults={"steps": 4, "guidance_scale": 0.0})
+
 # Würstchen and Stable Cascade call alike: the stage's steps and guidance go to the prior,
 # the decoder runs at diffusers' defaults, the size is rounded through the prior's latent.
 _CASCADE = dict(
@@ -156,16 +160,14 @@ FAMILIES: dict[str, Family] = {
             "SD-Turbo: SD 2.1 distilled for 1-4 steps without guidance",
             _SD_CLASSES,
             _GENERATING,
-            detected=False,
-            defaults={"steps": 4, "guidance_scale": 0.0},
+            **_TURBO,
         ),
         Family(
             "sdxl-turbo",
             "SDXL-Turbo: SDXL distilled for 1-4 steps without guidance",
             _SDXL_CLASSES,
             _GENERATING,
-            detected=False,
-            defaults={"steps": 4, "guidance_scale": 0.0},
+            **_TURBO,
             size_conditioning=True,
         ),
         Family(
