@@ -38,7 +38,7 @@ def row_source(spec: JobSpec, columns, skip_ids: frozenset[str] = frozenset(), s
         prompt_required=spec.stages[0].needs_prompt,
     )
     rows = columns.rows or {}
-    shards = ShardPlan.of(rows, shard_rows or shard_size(spec, sum(rows.values())))
+    shards = ShardPlan.of(rows, shard_rows or shard_size(spec, sum(rows.values())), columns.versions)
     return RowSource(rules, skip_ids=skip_ids, table_schema=columns.schema, shards=shards, input_path=spec.input.path)
 
 
@@ -173,18 +173,20 @@ class _Resume:
 
 
 def _resume(log: CommitLog, spec: JobSpec, columns, retry_failed: bool) -> _Resume:
-    """What an earlier run left to do. Where each row has its own id (input.id_column, ids
-    unique) and the input is the first run's, a committed shard number names the same rows:
-    the committed shards come from one listing of metadata/, whole shards are skipped and no
-    row id travels anywhere. Otherwise (rows identified by their content, which two rows may
-    share; an input that changed; an output written before shards) every committed row id
-    is read and the prepare tasks skip rows by id, as a partly committed shard's rows ride
-    along unwritten with the others (io/prepare.py)."""
+    """What an earlier run left to do. While the input is the one the output's first run
+    read, a shard number names the same rows (their composition is a function of the input
+    files and the shard size): the committed shards come from one listing of metadata/,
+    whole shards are skipped and no row id travels anywhere. The shards left run whole,
+    as in a clean run, including a row identical to one committed in another shard (no
+    input.id_column: their ids are their content's hash), which a clean run writes too.
+    Otherwise (an input that changed; an output written before shards) every committed row
+    id is read and the prepare tasks skip rows by id, as a partly committed shard's rows
+    ride along unwritten with the others (io/prepare.py)."""
     from pipeline.io.done import every_row_committed
 
     rows = columns.rows or {}
     shard_rows, same_input = log.shards(spec, rows, columns.sizes or {}, columns.versions or {})
-    if same_input and spec.input.id_column:
+    if same_input:
         done = log.committed_shards(retry_failed)
         if done.retried:
             logger.info("retrying the shards of %d committed rows that hold failed ones", done.retried)

@@ -348,6 +348,7 @@ def digests(out) -> dict[str, set[str]]:
 
 
 def test_a_partly_committed_chunk_keeps_its_batch_mates_and_writes_only_new_rows(ray_cluster, tiny, tmp_path):
+    import os
     import shutil
 
     import pyarrow.parquet as pq
@@ -361,15 +362,29 @@ def test_a_partly_committed_chunk_keeps_its_batch_mates_and_writes_only_new_rows
     clean = digests(tmp_path / "clean")  # prompt 1 has two: its copies had other batch mates
     assert [len(chunk) for chunk in chunk_prompts(tmp_path / "clean")] == [4, 4, 4]
 
-    # As after a kill that came after the first chunk's commit: only rows 0-3 are committed,
-    # so the second chunk is partly committed (row 5 = row 1). It runs with all four rows,
-    # as a clean run does, and writes three: the copy is neither written nor counted again.
-    # (Dropping the copy left a 3-row chunk that the img2img stage merged with the next.)
-    shutil.copytree(tmp_path / "clean", tmp_path / "resumed")
-    for file in metadata_files(tmp_path / "resumed"):
-        if "prompt 0" not in pq.read_table(file).column("prompt").to_pylist():
-            file.unlink()
-    summary = run_job(parse_spec(job(table, str(tmp_path / "resumed"), chain)))
+    # As after a kill that came after the first chunk's commit: only rows 0-3 are committed.
+    # The input is the first run's, so the resume skips that shard from a listing and runs
+    # the others whole, as the clean run did: the copy of row 1 is written again with its
+    # own batch mates, and the output equals the clean run's.
+    def killed_after_first_chunk(name):
+        shutil.copytree(tmp_path / "clean", tmp_path / name)
+        for file in metadata_files(tmp_path / name):
+            if "prompt 0" not in pq.read_table(file).column("prompt").to_pylist():
+                file.unlink()
+        return tmp_path / name
+
+    summary = run_job(parse_spec(job(table, str(killed_after_first_chunk("fast")), chain)))
+    assert (summary.rows_skipped, summary.rows_ok) == (4, 8)
+    assert digests(tmp_path / "fast") == clean
+
+    # The same after the input file was rewritten (another version): shard numbers may name
+    # other rows now, so the resume goes by row ids, and the second chunk is partly
+    # committed (row 5 = row 1). It runs with all four rows, as a clean run does, and
+    # writes three: the copy is neither written nor counted again. (Dropping the copy left
+    # a 3-row chunk that the img2img stage merged with the next.)
+    resumed_out = killed_after_first_chunk("resumed")
+    os.utime(table, ns=(10**18, 10**18))
+    summary = run_job(parse_spec(job(table, str(resumed_out), chain)))
     assert (summary.rows_skipped, summary.rows_ok) == (4, 7)
     assert chunk_prompts(tmp_path / "resumed") == [
         [f"prompt {i}" for i in (0, 1, 2, 3)],
@@ -395,17 +410,27 @@ def test_a_partly_committed_chunk_keeps_its_batch_mates_and_writes_only_new_rows
 
 
 def test_retry_failed_leaves_a_copy_committed_in_another_chunk_alone(ray_cluster, tiny, tmp_path):
+    import os
+
     # Chunks [x, y] and [x, z]: the two x rows share a content id; y fails (steps 0).
     table = write_table(tmp_path / "t.parquet", {"prompt": ["x", "y", "x", "z"], "steps": [None, 0, None, None]})
-    raw = job(table, str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"], batch_size=2)])
-    first = run_job(parse_spec(raw))
-    assert (first.rows_ok, first.rows_failed) == (3, 1)
-
-    # The retry removes [x, y]'s file; x is still committed in [x, z]'s, so that chunk is
-    # not run again, and x rides along with y unwritten: x stays committed once.
-    again = run_job(parse_spec(raw), retry_failed=True)
-    assert (again.rows_ok, again.rows_failed) == (0, 1)
-    assert sorted(row["prompt"] for row in read_metadata(str(tmp_path / "out"))) == ["x", "y", "z"]
+    for name, changed in (("same", False), ("changed", True)):
+        raw = job(table, str(tmp_path / name), [stage("txt2img", tiny["txt2img"], batch_size=2)])
+        first = run_job(parse_spec(raw))
+        assert (first.rows_ok, first.rows_failed) == (3, 1)
+        if not changed:
+            # Same input: the retry reruns [x, y]'s shard whole, as the first run did.
+            again = run_job(parse_spec(raw), retry_failed=True)
+            assert (again.rows_ok, again.rows_failed) == (1, 1)
+            assert sorted(row["prompt"] for row in read_metadata(str(tmp_path / name))) == ["x", "x", "y", "z"]
+            continue
+        # A rewritten input resumes by ids: the retry removes [x, y]'s file; x is still
+        # committed in [x, z]'s, so that chunk is not run again, and x rides along with y
+        # unwritten: x stays committed once.
+        os.utime(table, ns=(10**18, 10**18))
+        again = run_job(parse_spec(raw), retry_failed=True)
+        assert (again.rows_ok, again.rows_failed) == (0, 1)
+        assert sorted(row["prompt"] for row in read_metadata(str(tmp_path / name))) == ["x", "y", "z"]
 
 
 def test_a_file_added_beside_the_input_leaves_the_committed_rows_alone(ray_cluster, tiny, tmp_path):
