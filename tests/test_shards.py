@@ -55,6 +55,43 @@ def test_read_rows_reads_only_a_pieces_rows_across_row_groups_with_the_tables_ty
     assert table.to_pydict() == {"prompt": ["p4", "p5", "p6", "p7", "q0"], "n": [4, 5, 6, 7, None]}
 
 
+def test_a_shards_read_keeps_its_row_group_for_the_next_shard_until_the_file_changes(tmp_path):
+    import os
+
+    from pipeline.io import reader
+
+    path = tmp_path / "one-group.parquet"
+    pq.write_table(pa.table({"prompt": [f"p{i}" for i in range(100)]}), path)  # one row group
+    schema = pa.schema([("prompt", pa.string())])
+    fs = storage.filesystem(str(tmp_path))[0]
+    plan = ShardPlan.of({str(path): 100}, shard_rows=10, versions={str(path): "v1"})
+    reads = []
+
+    class CountingFile(type(fs)):  # the local filesystem, counting the files it opens
+        def open(self, *args, **kwargs):
+            reads.append(args[0])
+            return super().open(*args, **kwargs)
+
+    counting = CountingFile()
+    rows = [read_rows(counting, plan.pieces(shard), ["prompt"], schema, plan.file_versions()).column(0).to_pylist()
+            for shard in range(plan.count)]
+    assert rows == [[f"p{i}" for i in range(10 * n, 10 * n + 10)] for n in range(10)]
+    assert len(reads) == 1  # ten shards, one read of their row group
+
+    # Rewritten under the same name: a new version (as preflight finds it) is read anew.
+    pq.write_table(pa.table({"prompt": [f"q{i}" for i in range(100)]}), path)
+    os.utime(path, ns=(10**18, 10**18))
+    plan = ShardPlan.of({str(path): 100}, shard_rows=10, versions={str(path): "v2"})
+    assert read_rows(counting, plan.pieces(3), ["prompt"], schema, plan.file_versions()).column(0).to_pylist() == [
+        f"q{i}" for i in range(30, 40)]
+    assert len(reads) == 2
+    # Without a version nothing is kept.
+    read_rows(counting, plan.pieces(3), ["prompt"], schema)
+    read_rows(counting, plan.pieces(4), ["prompt"], schema)
+    assert len(reads) == 4
+    assert reader.GROUP_CACHE_BYTES >= 2**20
+
+
 def test_shards_are_committed_whole_and_a_resume_must_keep_the_shard_size(ray_cluster, tiny, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

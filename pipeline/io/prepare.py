@@ -337,9 +337,10 @@ def prepare_shards(items, source: RowSource) -> dict[str, np.ndarray]:
     from pipeline.io.reader import read_rows
 
     fs = storage.filesystem(source.input_path, source.rules.storage_options)[0]
+    versions = source.shards.file_versions()
     numbers, tables = [], []
     for shard in items.column("shard").to_pylist():
-        tables.append(read_rows(fs, source.shards.pieces(shard), source.columns(), source.read_schema()))
+        tables.append(read_rows(fs, source.shards.pieces(shard), source.columns(), source.read_schema(), versions))
         numbers += [shard] * tables[-1].num_rows
     import pyarrow as pa
 

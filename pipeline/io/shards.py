@@ -54,16 +54,24 @@ class ShardPlan:
     starts: tuple[int, ...]  # the table-wide number of each file's first row
     total_rows: int
     shard_rows: int
+    # each file's version (S3's ETag, a local file's mtime; "" unknown): the read tasks
+    # keep a file's row groups for the next shard only while its version is the same
+    versions: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, rows_per_file: dict[str, int], shard_rows: int) -> "ShardPlan":
+    def of(cls, rows_per_file: dict[str, int], shard_rows: int,
+           versions: dict[str, str] | None = None) -> "ShardPlan":
         files, starts, total = [], [], 0
         for file in sorted(rows_per_file):
             if rows_per_file[file]:
                 files.append(file)
                 starts.append(total)
                 total += rows_per_file[file]
-        return cls(tuple(files), tuple(starts), total, shard_rows)
+        versions = versions or {}
+        return cls(tuple(files), tuple(starts), total, shard_rows, tuple(versions.get(file, "") for file in files))
+
+    def file_versions(self) -> dict[str, str]:
+        return {file: version for file, version in zip(self.files, self.versions) if version}
 
     @property
     def count(self) -> int:
