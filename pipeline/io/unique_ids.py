@@ -131,8 +131,8 @@ def duplicated_ids(id_arrays: Callable[[], Iterable], total: int, examples: int 
     import pyarrow.compute as pc
 
     repeated, wanted = _spilled_repeats(id_arrays, total)
-    if not repeated:
-        return 0, []
+    if not len(wanted):  # none repeated (or VERIFIED_HASHES 0: the count from the hashes)
+        return repeated, []
     # Each id whose hash is verified, counted by value: Arrow counts a batch's matches
     # (value_counts keeps the order values first appear in), so a constant id column
     # costs one entry, not one Python string per row.
