@@ -113,42 +113,59 @@ def check_input(spec: JobSpec) -> InputColumns:
 
 def _check_unique_ids(spec: JobSpec, files: list[str], total: int) -> None:
     """Two rows with one id would write one image key twice; refuse before any work.
-    Reads the id column only (a few MB even for millions of rows) of the non-empty files,
+    Reads the id column only of the non-empty files, unique_ids.BATCH_IDS ids at a time,
     and counts the ids in bounded memory (io/unique_ids.py). Ids are compared as the rows
     will carry them (keys.id_text: 7 and 7.0 are one id)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.io.reader import plain_types, unreadable
-    from pipeline.io.unique_ids import duplicated_ids
+    from pipeline.io import unique_ids
+    from pipeline.io.reader import unreadable
 
     fs = storage.filesystem(spec.input.path, spec.input_storage_options())[0]
 
+    def batches(file: str):
+        try:
+            with fs.open(file, "rb") as handle:
+                reader = pq.ParquetFile(handle).iter_batches(
+                    batch_size=unique_ids.BATCH_IDS, columns=[spec.input.id_column])
+                for batch in reader:
+                    yield batch.column(0)
+        except Exception as error:
+            raise unreadable(file, error) from None
+
     def ids_of_each_file():
         for file in files:
-            try:
-                with fs.open(file, "rb") as handle:
-                    table = pq.read_table(handle, columns=[spec.input.id_column])
-            except Exception as error:
-                raise unreadable(file, error) from None
-            column = table.column(0).cast(plain_types(table.schema).field(0).type).drop_null()
-            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-                yield column
-                continue
-            texts = []
-            for value in column.to_pylist():
-                try:
-                    texts.append(id_text(value))
-                except UnicodeDecodeError:  # that row fails in prepare, naming the column
-                    pass
-            yield pa.array([text for text in texts if text is not None], pa.string())
+            for column in batches(file):
+                yield _id_texts(column)
 
-    count, examples = duplicated_ids(ids_of_each_file, total)
+    count, examples = unique_ids.duplicated_ids(ids_of_each_file, total)
     if count:
         raise SpecError(
             f"input.id_column: {count} ids appear more than once in column "
             f"{spec.input.id_column!r}, e.g. {', '.join(repr(v) for v in examples)}"
         )
+
+
+def _id_texts(column):
+    """One batch of an id column as the rows' ids (keys.id_text), a pyarrow string array
+    without nulls; a cell that is not UTF-8 is left out (that row fails in prepare, naming
+    the column)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(column.type):  # pandas categories: compared by value
+        column = column.dictionary_decode()
+    column = column.drop_null()
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column
+    if pa.types.is_integer(column.type):  # Arrow writes an integer as str(int), as id_text
+        return column.cast(pa.string())
+    texts = []
+    for value in column.to_pylist():
+        try:
+            texts.append(id_text(value))
+        except UnicodeDecodeError:
+            pass
+    return pa.array([text for text in texts if text is not None], pa.string())
 
 
 def check_models(spec: JobSpec) -> list[str | None]:
