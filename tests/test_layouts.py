@@ -134,3 +134,92 @@ def test_identical_rows_get_distinct_samples_that_webdataset_reads(tmp_path):
     _, names = parquet_shard(metadata, keys, [b"1", b"2", b"3"])
     assert len(set(names)) == 3
     assert huggingface_features()["models"]["_type"] == "Sequence"
+
+
+class CountingFileSystem:
+    """A real local fsspec filesystem that counts, per file, the opens and the bytes read."""
+
+    def __new__(cls):
+        from collections import Counter
+
+        from fsspec.implementations.local import LocalFileSystem
+
+        class Counting(LocalFileSystem):
+            def _open(self, path, mode="rb", **kwargs):
+                handle = super()._open(path, mode, **kwargs)
+                self.opens[path] += 1
+                for name in ("read", "readinto"):
+                    method = getattr(handle, name)
+
+                    def counted(*args, _method=method, _name=name, **kw):
+                        result = _method(*args, **kw)
+                        self.bytes_read[path] += result if _name == "readinto" else len(result)
+                        return result
+
+                    setattr(handle, name, counted)
+                return handle
+
+        fs = Counting(skip_instance_cache=True)
+        fs.opens, fs.bytes_read = Counter(), Counter()
+        return fs
+
+
+def test_the_report_reads_each_shard_file_once_and_only_what_its_samples_need(tmp_path, s3):
+    """Thumbnails of samples in webdataset and Parquet shards: each shard file is opened
+    once whatever its samples, a tar is read only up to its last wanted member and a Parquet
+    file only in the row groups that hold one; the thumbnails are those of the images."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.io.layouts import SAMPLE_FIELDS, parquet_shard, webdataset_tar
+    from pipeline.report.thumbs import encode_thumbnail, thumbnails
+
+    rows, generator = 250, np.random.default_rng(0)
+    images = []
+    for _ in range(rows):  # noise: every image a few KB, as incompressible as photos
+        buffer = io.BytesIO()
+        Image.fromarray(generator.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+        images.append(buffer.getvalue())
+    metadata = pa.table({name: [f"{name}-{i}" for i in range(rows)] for name in SAMPLE_FIELDS}).set_column(
+        SAMPLE_FIELDS.index("format"), "format", pa.array(["jpeg"] * rows))
+    keys = [f"images/{i:02x}/{i:020x}.jpg" for i in range(rows)]
+    wanted = {}
+    for layout, build in (("shards", webdataset_tar), ("data", parquet_shard)):
+        (tmp_path / layout).mkdir()
+        for shard in ("a", "b"):
+            data, members = build(metadata, keys, images)
+            name = f"{layout}/{shard}{'.tar' if layout == 'shards' else '.parquet'}"
+            (tmp_path / name).write_bytes(data)
+            picked = (0, 5, 20, 41) if shard == "a" else (7, 60)  # all within the first row group of 100
+            wanted.update({f"{name}#{members[i]}": images[i] for i in picked})
+    missing = ["shards/b.tar#not-there.jpg", "data/gone.parquet#x.jpg"]
+
+    fs = CountingFileSystem()
+    thumbs = thumbnails(fs, str(tmp_path), list(wanted) + missing)
+    for key, data in wanted.items():
+        assert thumbs[key] == encode_thumbnail(data)
+    assert thumbs[missing[0]] == "cannot read the image: missing"
+    assert thumbs[missing[1]].startswith("cannot read the image:") and "gone.parquet" in thumbs[missing[1]]
+
+    sizes = {str(tmp_path / name): (tmp_path / name).stat().st_size
+             for name in ("shards/a.tar", "shards/b.tar", "data/a.parquet", "data/b.parquet")}
+    assert {path: fs.opens[path] for path in sizes} == dict.fromkeys(sizes, 1)  # each file once, for all its samples
+    assert fs.bytes_read[str(tmp_path / "shards/a.tar")] < 0.3 * sizes[str(tmp_path / "shards/a.tar")]
+    # b.tar: a member it does not hold is looked for to the end of the file
+    assert fs.bytes_read[str(tmp_path / "shards/b.tar")] > 0.9 * sizes[str(tmp_path / "shards/b.tar")]
+    for name in ("data/a.parquet", "data/b.parquet"):  # of three row groups, the image bytes of one
+        assert 0 < fs.bytes_read[str(tmp_path / name)] < 0.5 * sizes[str(tmp_path / name)]
+
+    # The same through s3fs (ranged reads on a real S3 server).
+    from conftest import upload_folder
+
+    from pipeline import storage
+
+    bucket, options, s3fs = s3
+    upload_folder(s3fs, tmp_path, f"{bucket}/out")
+    remote, root = storage.filesystem(f"{bucket}/out", options)
+    from_s3 = thumbnails(remote, root, list(wanted) + missing)
+    assert {key: from_s3[key] for key in [*wanted, missing[0]]} == {key: thumbs[key] for key in [*wanted, missing[0]]}
+    assert from_s3[missing[1]].startswith("cannot read the image:") and "gone.parquet" in from_s3[missing[1]]
