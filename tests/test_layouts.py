@@ -92,6 +92,62 @@ def test_a_killed_sharded_job_resumes_byte_identical(ray_cluster, tiny, webdatas
         run_job(layout_job(webdataset_output, tiny, "parquet", "resumed"))
 
 
+def test_a_shard_file_a_killed_run_never_committed_is_removed_once_the_input_changed(ray_cluster, tiny, tmp_path):
+    """A killed writer leaves a shard file that no metadata names. After the input changes,
+    the rerun numbers its shards by another plan and would never write that name again: the
+    run removes it under its lease, keeps every committed file, and leaves alone an
+    uncommitted file so young that a live writer could still commit it."""
+    import os
+    import time
+
+    import webdataset as wds
+
+    out = tmp_path / "out"
+    assert run_job(layout_job(tmp_path, tiny, "webdataset")).rows_ok == ROWS - 1
+    metadata = sorted((out / "metadata").glob("*.parquet"))  # by shard number: rows 0-3, 4-7, 8-9
+    tars = sorted((out / "shards").glob("*.tar"))
+    committed = {path: path.read_bytes() for path in tars[:2]}
+    metadata[2].unlink()  # as a kill leaves it: shard 2's tar written, its metadata never
+    old = time.time() - 3600
+    os.utime(tars[2], (old, old))
+    young = out / "shards" / f"shard-000000007-{'0' * 20}.tar"  # a writer may be about to commit it
+    young.write_bytes(b"being written")
+
+    # The input changes: two rows more. Rows 8 and 9 now share shard 2 with rows 10 and 11, a
+    # shard of another name (its rows' hash).
+    table = pq.read_table(tmp_path / "in.parquet")
+    more = pa.table({"id": ["row-10", "row-11"], "prompt": ["shape 10", "shape 11"], "steps": [None, None]},
+                    schema=table.schema)
+    pq.write_table(pa.concat_tables([table, more]), tmp_path / "in.parquet")
+    summary = run_job(layout_job(tmp_path, tiny, "webdataset"))
+    assert (summary.rows_skipped, summary.rows_ok) == (ROWS - 2, 4)
+
+    assert not tars[2].exists() and young.exists()
+    assert {path: path.read_bytes() for path in tars[:2]} == committed  # nothing committed is touched
+    rows = read_metadata(str(out))
+    named = {row["image_uri"].rsplit("#", 1)[0] for row in rows if row["image_uri"]}
+    assert named == {str(path) for path in (out / "shards").glob("*.tar")} - {str(young)}
+    samples = list(wds.WebDataset(sorted(named), shardshuffle=False))
+    assert sorted(json.loads(sample["json"])["id"] for sample in samples) == sorted(
+        row["id"] for row in rows if row["status"] == "ok") and len(samples) == ROWS + 1
+
+
+def test_the_orphan_sweep_lists_s3_and_keeps_what_metadata_names_or_a_writer_may_commit(s3):
+    from pipeline.io.commit_log import CommitLog
+
+    bucket, options, fs = s3
+    committed, orphan = (f"{bucket}/out/data/shard-00000000{n}-{str(n) * 20}.parquet" for n in (1, 2))
+    for path in (committed, orphan, f"{bucket}/out/data/notes.parquet"):  # notes: not a shard's name, kept
+        fs.pipe_file(path, b"shard")
+    fs.pipe_file(f"{bucket}/out/metadata/shard-000000001-{'1' * 20}-r4-f0.parquet", b"commits shard 1")
+    log = CommitLog(f"{bucket}/out", options)
+    assert log.sweep_orphan_shards("parquet", quiet_s=3600) == 0  # written just now: a writer may commit it
+    assert log.sweep_orphan_shards("webdataset", quiet_s=-60) == 0  # another layout's folder: nothing there
+    assert log.sweep_orphan_shards("parquet", quiet_s=-60) == 1  # (-60: any age counts as quiet)
+    fs.invalidate_cache()
+    assert sorted(fs.find(f"{bucket}/out/data")) == sorted([committed[5:], f"{bucket[5:]}/out/data/notes.parquet"])
+
+
 def test_parquet_shards_are_read_by_hugging_face_datasets(ray_cluster, tiny, tmp_path):
     import datasets
 
