@@ -129,6 +129,66 @@ def test_a_sigkilled_webdataset_job_resumes_with_the_bytes_of_a_clean_run(ray_cl
     assert len(images) == ROWS
 
 
+def clean_parquet_shards(clean_rows, shard_rows: int) -> dict[str, bytes]:
+    """The Parquet shard files a clean run of the job with output.layout parquet writes: the
+    layout's own writer over the clean (files layout) run's images and metadata, shard by
+    shard (consecutive rows of the input, which is in id order), named as the writer names them."""
+    import pyarrow as pa
+
+    from pipeline.io.commit_log import shard_stem
+    from pipeline.io.layouts import SAMPLE_FIELDS, parquet_shard, shard_file
+    from pipeline.io.writer import metadata_schema
+    from pipeline.keys import image_key
+
+    schema = pa.schema([metadata_schema().field(name) for name in SAMPLE_FIELDS])
+    files = {}
+    for shard, first in enumerate(range(0, len(clean_rows), shard_rows)):
+        rows = clean_rows[first:first + shard_rows]
+        metadata = pa.Table.from_pylist([{name: row[name] for name in SAMPLE_FIELDS} for row in rows], schema=schema)
+        data, _ = parquet_shard(metadata, [image_key(row["id"], row["format"]) for row in rows],
+                                [Path(row["image_uri"]).read_bytes() for row in rows])
+        files[shard_file("parquet", shard_stem(shard, [row["id"] for row in rows]))] = data
+    return files
+
+
+def test_a_sigkilled_parquet_job_resumes_with_the_files_of_a_clean_run(ray_cluster, tiny, tmp_path, clean_run):
+    import hashlib
+
+    import datasets
+
+    table, clean_rows = clean_run
+    out = tmp_path / "out"
+    raw = slow_job(table, out, tiny)
+    raw["output"]["layout"] = "parquet"
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(tmp_path / "job.yaml")], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not metadata_files(out) and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert 0 < len(metadata_files(out)) < ROWS // 2, "the kill should land mid-run"
+    time.sleep(2)
+
+    summary = run_job(parse_spec(raw), wait_for_lease_s=60)
+    assert summary.rows_skipped + summary.rows_ok == ROWS and summary.rows_skipped >= 2
+    rows = read_metadata(str(out))
+    assert [row["id"] for row in rows] == [row["id"] for row in clean_rows]  # each row once
+    shard_rows = json.loads((out / "shards.json").read_text())["shard_rows"]
+    written = {f"data/{path.name}": path.read_bytes() for path in (out / "data").glob("*.parquet")}
+    assert written == clean_parquet_shards(clean_rows, shard_rows)  # byte for byte, no file more or less
+
+    loaded = datasets.load_dataset("parquet", data_files=sorted(str(out / name) for name in written), split="train",
+                                   cache_dir=str(tmp_path / "hf"))
+    assert sorted(loaded["id"]) == [row["id"] for row in clean_rows]
+    assert loaded[0]["image"].size == (64, 64)
+    raw_images = loaded.cast_column("image", datasets.Image(decode=False))
+    assert sorted(hashlib.sha256(item["image"]["bytes"]).hexdigest() for item in raw_images) == sorted(
+        row["sha256"] for row in clean_rows)
+
+
 def _stage_actor_pids(marker: str) -> list[int]:
     import psutil
 

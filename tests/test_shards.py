@@ -33,6 +33,27 @@ def test_shard_size_is_a_function_of_the_spec_and_the_row_count(tiny, tmp_path):
     assert MIN_SHARDS == 16
 
 
+def test_a_shard_rows_whose_images_exceed_the_shard_bound_is_refused_naming_the_largest_allowed(tiny):
+    from pipeline.io.shards import SHARD_IMAGE_BYTES, max_shard_rows
+
+    def spec(shard_rows, *stages):
+        raw = job("in.parquet", "out", list(stages) or [stage("txt2img", tiny["txt2img"], width=1024, height=1024)])
+        raw["output"]["shard_rows"] = shard_rows
+        return parse_spec(raw)
+
+    largest = SHARD_IMAGE_BYTES // (3 * 1024 * 1024)  # 170 RGB images of 1024x1024 fit in 512 MiB
+    assert spec(largest).output.shard_rows == largest
+    with pytest.raises(SpecError, match=rf"output.shard_rows: {largest + 1} rows of stages.0's .* the largest allowed "
+                                        rf"is {largest}\."):
+        spec(largest + 1)
+    # The same estimate as the default's: an upscale of an input of unknown size counts 16 x 1024 x 1024 pixels.
+    chain = [stage("txt2img", tiny["txt2img"], width=64, height=64), stage("upscale", tiny["upscale"])]
+    assert max_shard_rows(parse_spec(job("in.parquet", "out", chain)).stages) == largest // 16 == 10
+    with pytest.raises(SpecError, match="output.shard_rows: 11 rows of stages.1's .* the largest allowed is 10"):
+        spec(11, *chain)
+    assert shard_size(parse_spec(job("in.parquet", "out", chain)), 10**8) == 10
+
+
 def test_a_shard_spans_files_in_name_order_and_only_the_last_is_short():
     plan = ShardPlan.of({"b.parquet": 4, "a.parquet": 3, "empty.parquet": 0, "c.parquet": 6}, shard_rows=5)
     assert (plan.total_rows, plan.count) == (13, 3)

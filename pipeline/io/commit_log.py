@@ -14,7 +14,9 @@ Under the output prefix:
   shard's rows are committed when its metadata file appears, written atomically after every
   image of the shard, so metadata never points at an image that is not written; its name
   carries the shard's number and row counts, so a listing says what is committed (see
-  CommittedShards). A rerun of a shard overwrites the same files.
+  CommittedShards). A rerun of a shard overwrites the same files. A sharded layout's
+  tar or Parquet file that no metadata file names (a killed writer's) is removed by a
+  later run under the lease (sweep_orphan_shards).
 - `shards.json`: the shard size the first run chose and a fingerprint of its input.
 - `runs/<start>-<run id>.json`: one record per run, written when it starts ("running") and
   again when it ends; a run killed outright stays "running".
@@ -99,6 +101,15 @@ def _synth_version() -> str:
 
 # metadata/shard-<number>-<hash of its row ids>-r<rows>-f<failed rows>.parquet
 _SHARD_FILE = re.compile(r"^shard-(\d{9,})-([0-9a-f]{20})-r(\d+)-f(\d+)\.parquet$")
+
+
+def _modified(info: dict[str, Any]) -> float | None:
+    """A listed file's last write, as Unix time: local files give mtime, S3 LastModified;
+    None where the file system gives neither (the file is then never judged old)."""
+    if isinstance(info.get("mtime"), (int, float)):
+        return float(info["mtime"])
+    modified = info.get("LastModified") or info.get("last_modified")
+    return modified.timestamp() if isinstance(modified, datetime) else None
 
 
 @dataclass
@@ -420,6 +431,59 @@ class CommitLog:
             logger.info("resuming: %d rows of %d shards already committed in %s", found.total, len(found.rows),
                         self.path)
         return found
+
+    @_output_io
+    def sweep_orphan_shards(self, layout: str, quiet_s: float) -> int:
+        """Remove the shard files (tar or Parquet) that no committed metadata file names, that
+        is those a killed writer wrote before its commit, and that were last written over
+        `quiet_s` seconds ago; return how many. Call it only under the output's lease.
+
+        A file is named by the metadata file of the same stem (shard number and row-id hash,
+        as both are named by shard_stem), so two listings tell, and no file is read. The
+        shard files are listed before the metadata: a file committed before the second
+        listing is kept. Under the lease no writer of this run is running yet; a writer of an
+        earlier run could still be (its driver paused past the lease, not killed), and one
+        that wrote its file and then stalled longer than quiet_s before committing it would
+        lose the file: quiet_s is the lease's timeout less its renewal period, the silence
+        after which a driver that could not renew stands down, and after which a killed
+        run's lease goes stale, so every file a killed run left is past it when the next run
+        takes the lease over. Younger uncommitted files are left to a later run: a rerun of
+        the same shard writes the same name anyway."""
+        from pipeline.io.layouts import FOLDERS, SUFFIXES
+
+        if layout not in FOLDERS:
+            return 0
+        fs, root = self._fs()
+        folder = storage.join(root, FOLDERS[layout])
+        pattern = re.compile(rf"^(shard-\d{{9,}}-[0-9a-f]{{20}}){re.escape(SUFFIXES[layout])}$")
+        if not fs.exists(folder):
+            return 0
+        shard_files = {}
+        for path, info in fs.find(folder, detail=True).items():
+            match = pattern.match(os.path.basename(path))
+            if match:
+                shard_files[path] = (match[1], _modified(info))
+        committed = set()
+        for file in self.metadata_files():
+            match = _SHARD_FILE.match(os.path.basename(file))
+            if match:
+                committed.add(f"shard-{match[1]}-{match[2]}")
+        now, removed, young = time.time(), 0, 0
+        for path, (stem, modified) in sorted(shard_files.items()):
+            if stem in committed:
+                continue
+            if modified is None or now - modified <= quiet_s:
+                young += 1
+                continue
+            fs.rm_file(path)
+            removed += 1
+        if removed:
+            logger.info("removed %d shard files that no metadata commits (left by killed runs) in %s", removed,
+                        self.path)
+        if young:
+            logger.info("left %d uncommitted shard files in %s written within the last %g s (a writer may still "
+                        "commit them); a later run removes any that stay uncommitted", young, self.path, quiet_s)
+        return removed
 
     # ------------------------------------------------------------ committed rows
 

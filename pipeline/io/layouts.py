@@ -26,6 +26,9 @@ from pipeline.keys import EXTENSIONS
 LAYOUTS = ("files", "webdataset", "parquet")
 FOLDERS = {"webdataset": "shards", "parquet": "data"}
 SUFFIXES = {"webdataset": ".tar", "parquet": ".parquet"}
+# Rows per row group of a Parquet shard, as Hugging Face datasets writes image datasets: a
+# reader that wants a few images (the report, a dataset viewer) reads their row groups only.
+PARQUET_ROW_GROUP_ROWS = 100
 # The metadata columns a sample carries with its image (those that depend on the run, as
 # timings, are left in the metadata only).
 SAMPLE_FIELDS = ("id", "prompt", "negative_prompt", "seed", "stage_chain", "models", "width", "height", "format",
@@ -108,21 +111,46 @@ def parquet_shard(metadata, keys: list[str | None], data: list[bytes | None]) ->
     table = source.append_column("image", image)
     table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": huggingface_features()}})})
     buffer = io.BytesIO()
-    pq.write_table(table, buffer)
+    pq.write_table(table, buffer, row_group_size=PARQUET_ROW_GROUP_ROWS)
     return buffer.getvalue(), names
 
 
-def read_member(fs, uri_path: str) -> bytes:
-    """The image bytes that a sharded image_uri (`<file>#<member>`) points at."""
-    path, member = uri_path.rsplit("#", 1)
+def read_members(fs, path: str, members: set[str]) -> dict[str, bytes]:
+    """The bytes of these members (sample names, as after `#` in a sharded image_uri) of
+    one shard file, read in one pass: a tar is streamed and read only up to the last member
+    wanted, keeping only those; a Parquet file is read by row group, its `image.path`
+    column first and the image bytes only of the row groups that hold a wanted member.
+    Members the file does not hold are missing from the answer."""
     if path.endswith(".tar"):
-        with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
-            return tar.extractfile(member).read()
-    import pyarrow.compute as pc
+        return _tar_members(fs, path, members)
+    return _parquet_members(fs, path, members)
+
+
+def _tar_members(fs, path: str, members: set[str]) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
+        for info in tar:  # stream mode: headers and data in file order, nothing kept behind
+            if info.name in members:
+                found[info.name] = tar.extractfile(info).read()
+                if len(found) == len(members):
+                    break
+    return found
+
+
+def _parquet_members(fs, path: str, members: set[str]) -> dict[str, bytes]:
     import pyarrow.parquet as pq
 
-    with fs.open(path, "rb") as handle:
-        table = pq.read_table(handle, columns=["image"])
-    images = table.column("image").combine_chunks()
-    found = pc.equal(images.field("path"), member)
-    return images.filter(found)[0]["bytes"].as_py()
+    found: dict[str, bytes] = {}
+    # No read-ahead cache: pyarrow asks for the footer and each column chunk it needs by range.
+    with fs.open(path, "rb", cache_type="none") as handle:
+        shard = pq.ParquetFile(handle)
+        for group in range(shard.num_row_groups):
+            names = shard.read_row_group(group, columns=["image.path"]).column("image").combine_chunks()
+            rows = [row for row, name in enumerate(names.field("path").to_pylist()) if name in members]
+            if not rows:
+                continue
+            images = shard.read_row_group(group, columns=["image"]).column("image").combine_chunks().take(rows)
+            found.update(zip(images.field("path").to_pylist(), images.field("bytes").to_pylist()))
+            if len(found) == len(members):
+                break
+    return found

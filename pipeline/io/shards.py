@@ -25,22 +25,29 @@ _UNKNOWN_PIXELS = 1024 * 1024
 _UPSCALE_FACTOR = 16
 
 
-def _pixels(stage) -> int:
+def image_pixels(stage) -> int:
+    """The pixels of an image a stage makes, as far as the spec tells: its width x height, or
+    _UNKNOWN_PIXELS when the model or the input decides; an upscaler's output is 16x its input."""
     width, height = getattr(stage, "width", None), getattr(stage, "height", None)
     pixels = width * height if width and height else _UNKNOWN_PIXELS
     return pixels * _UPSCALE_FACTOR if stage.kind == "upscale" else pixels
 
 
+def max_shard_rows(stages) -> int:
+    """The most rows a shard of these stages may hold: its largest stage's images (RGB, a
+    byte a channel) stay within SHARD_IMAGE_BYTES. Bounds output.shard_rows and the default."""
+    return max(1, SHARD_IMAGE_BYTES // (3 * max(image_pixels(stage) for stage in stages)))
+
+
 def shard_size(spec, total_rows: int) -> int:
-    """The shard size a new output gets: output.shard_rows as given, or by default
-    DEFAULT_SHARD_ROWS (fewer when the images are large), lowered for a small table to give
-    MIN_SHARDS shards but never below the largest stage batch (rounded up to a multiple of
-    it). A function of the spec and the row count only."""
+    """The shard size a new output gets: output.shard_rows as given (the spec refuses one over
+    max_shard_rows), or by default DEFAULT_SHARD_ROWS (fewer when the images are large),
+    lowered for a small table to give MIN_SHARDS shards but never below the largest stage
+    batch (rounded up to a multiple of it). A function of the spec and the row count only."""
     if spec.output.shard_rows:
         return spec.output.shard_rows
     step = max(stage.batch_size for stage in spec.stages)
-    largest = max(_pixels(stage) for stage in spec.stages)
-    cap = min(DEFAULT_SHARD_ROWS, max(1, SHARD_IMAGE_BYTES // (3 * largest)))
+    cap = min(DEFAULT_SHARD_ROWS, max_shard_rows(spec.stages))
     spread = -(-max(total_rows, 1) // MIN_SHARDS)
     return max(1, min(cap, -(-spread // step) * step))
 

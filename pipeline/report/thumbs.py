@@ -7,7 +7,7 @@ import io
 from dataclasses import dataclass
 
 from pipeline import storage
-from pipeline.io.layouts import read_member
+from pipeline.io.layouts import read_members
 
 MAX_SIDE = 128
 
@@ -43,23 +43,24 @@ def encode_thumbnail(data: bytes, max_side: int = MAX_SIDE) -> Thumbnail:
 
 def thumbnails(fs, root: str, keys: list[str], max_side: int = MAX_SIDE) -> dict[str, Thumbnail | str]:
     """key -> its Thumbnail, or a one-line reason it has none (a missing or broken image).
-    Only these images are read (on S3, concurrently in one call)."""
+    Only these images are read (on S3, concurrently in one call); an image in a shard's tar
+    or Parquet file (`<file>#<member>`, io/layouts.py) is read with the other samples of its
+    file, in one pass over that file."""
     if not keys:
         return {}
-    paths = {storage.join(root, key): key for key in keys if "#" not in key}
-    contents = fs.cat(list(paths), on_error="return") if paths else {}
-    for key in keys:
-        if "#" in key:  # an image in a shard's tar or Parquet file (io/layouts.py)
-            paths[storage.join(root, key)] = key
-            try:
-                contents[storage.join(root, key)] = read_member(fs, storage.join(root, key))
-            except Exception as error:  # missing file or member
-                contents[storage.join(root, key)] = error
+    contents: dict[str, bytes | BaseException | None] = {}
+    loose = {storage.join(root, key): key for key in keys if "#" not in key}
+    if loose:
+        read = fs.cat(list(loose), on_error="return")
+        for path, key in loose.items():
+            data = read.get(path)
+            if data is None:  # fsspec may key the results by a normalised path
+                data = next((value for name, value in read.items() if name.endswith(key)), None)
+            contents[key] = data
+    contents.update(_shard_members(fs, root, [key for key in keys if "#" in key]))
     result: dict[str, Thumbnail | str] = {}
-    for path, key in paths.items():
-        data = contents.get(path)
-        if data is None:  # fsspec may key the results by a normalised path
-            data = next((value for name, value in contents.items() if name.endswith(key)), None)
+    for key in keys:
+        data = contents.get(key)
         if isinstance(data, BaseException) or data is None:
             result[key] = f"cannot read the image: {data if data is not None else 'missing'}"
             continue
@@ -68,3 +69,20 @@ def thumbnails(fs, root: str, keys: list[str], max_side: int = MAX_SIDE) -> dict
         except Exception as error:  # PIL raises many kinds for a damaged file
             result[key] = f"cannot decode the image: {error}"
     return result
+
+
+def _shard_members(fs, root: str, keys: list[str]) -> dict[str, bytes | BaseException | None]:
+    """key -> the bytes of each `<file>#<member>` key, each shard file read once."""
+    by_file: dict[str, dict[str, str]] = {}
+    for key in keys:
+        file, member = key.rsplit("#", 1)
+        by_file.setdefault(file, {})[member] = key
+    found: dict[str, bytes | BaseException | None] = {}
+    for file, members in by_file.items():
+        try:
+            data = read_members(fs, storage.join(root, file), set(members))
+        except Exception as error:  # a missing or damaged file: each of its samples says so
+            data = {member: error for member in members}
+        for member, key in members.items():
+            found[key] = data.get(member)
+    return found
