@@ -145,7 +145,12 @@ def test_shards_are_committed_whole_and_a_resume_must_keep_the_shard_size(ray_cl
     assert run_job(parse_spec(raw(out, shard_rows=5))).rows_skipped == 13
 
 
-def test_a_resume_finds_committed_shards_from_a_listing_and_retries_failed_shards_whole(ray_cluster, tiny, tmp_path):
+def test_a_resume_finds_committed_shards_from_a_listing_and_retries_failed_shards_whole(ray_cluster, tiny, tmp_path,
+                                                                                        monkeypatch, caplog):
+    import logging
+
+    from pipeline import runner
+
     ids = [f"r{i:02d}" for i in range(12)]
     steps = [None] * 12
     steps[7] = 0  # fails: steps must be at least 1
@@ -154,7 +159,13 @@ def test_a_resume_finds_committed_shards_from_a_listing_and_retries_failed_shard
     raw = job(str(table), str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"], batch_size=2)],
               input={"path": str(table), "id_column": "id"})
     raw["output"]["shard_rows"] = 3
-    first = run_job(parse_spec(raw))
+    # The first run in windows of 3 shards (two datasets, one after another); the resumes
+    # below run in one, and give the same bytes.
+    monkeypatch.setattr(runner, "WINDOW_SHARDS", 3)
+    with caplog.at_level(logging.INFO, logger="synth.runner"):
+        first = run_job(parse_spec(raw))
+    assert "window 2 of 2: shards 3 to 3" in caplog.text
+    monkeypatch.undo()
     assert (first.rows_ok, first.rows_failed) == (11, 1)
     metadata = tmp_path / "out" / "metadata"
     names = sorted(path.name for path in metadata.glob("*.parquet"))
