@@ -6,6 +6,7 @@ one small probe object.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from pipeline.lora import check_lora, lora_source
 from pipeline.models import ModelError, check_controlnet, check_model_source, model_source, pipeline_class_name
 from pipeline.params import ROW_PARAMS
 from pipeline.spec import JobSpec, SpecError
+
+logger = logging.getLogger("synth.preflight")
 
 # The row's seed plus the generation parameters a row may override.
 OVERRIDE_PARAMS = ("seed", *ROW_PARAMS)
@@ -96,7 +99,13 @@ def check_input(spec: JobSpec) -> InputColumns:
                     "(input.columns.lora), which needs the adapters kept apart; set fuse_loras: false"
                 )
     if spec.input.id_column:
-        _check_unique_ids(spec, list(shape.files), sum(shape.rows.values()))
+        from pipeline.io.commit_log import CommitLog
+
+        if CommitLog.of(spec).ids_checked(spec, shape.rows, shape.sizes, shape.versions):
+            logger.info("input.id_column: the ids of this input were found unique by an earlier run into %s",
+                        spec.output.path)
+        else:
+            _check_unique_ids(spec, list(shape.files), sum(shape.rows.values()))
     # Only the parameters some stage takes: a `strength` column in a txt2img-only table, or
     # the `width` and `height` of an upscale job's source images, is not read (or checked).
     taken = {"seed"}.union(*(stage.row_params() for stage in spec.stages))

@@ -149,7 +149,7 @@ def test_a_resume_finds_committed_shards_from_a_listing_and_retries_failed_shard
                                                                                         monkeypatch, caplog):
     import logging
 
-    from pipeline import runner
+    from pipeline import preflight, runner
 
     ids = [f"r{i:02d}" for i in range(12)]
     steps = [None] * 12
@@ -166,6 +166,9 @@ def test_a_resume_finds_committed_shards_from_a_listing_and_retries_failed_shard
         first = run_job(parse_spec(raw))
     assert "window 2 of 2: shards 3 to 3" in caplog.text
     monkeypatch.undo()
+    # The first run checked the ids; a resume of the same input trusts that record.
+    checks = []
+    monkeypatch.setattr(preflight, "_check_unique_ids", lambda *args: checks.append(args))
     assert (first.rows_ok, first.rows_failed) == (11, 1)
     metadata = tmp_path / "out" / "metadata"
     names = sorted(path.name for path in metadata.glob("*.parquet"))
@@ -184,6 +187,8 @@ def test_a_resume_finds_committed_shards_from_a_listing_and_retries_failed_shard
     resumed = run_job(parse_spec(raw))
     assert (resumed.rows_ok, resumed.rows_skipped) == (3, 9)
     assert {row["id"]: row["sha256"] for row in read_metadata(str(tmp_path / "out"))} == clean
+
+    assert checks == []
 
     # --retry-failed reruns the failed row's shard whole, and no other.
     retried = run_job(parse_spec(raw), retry_failed=True)
@@ -224,7 +229,12 @@ def test_a_rewritten_input_turns_the_fast_resume_off_for_good(tiny, tmp_path):
                           input={"path": str(table), "id_column": "id"}))
     log = CommitLog.of(spec)
     first = preflight.check_input(spec)
+    assert not log.ids_checked(spec, first.rows, first.sizes, first.versions)  # no record yet
     assert log.shards(spec, first.rows, first.sizes, first.versions)[1] is True
+    assert log.ids_checked(spec, first.rows, first.sizes, first.versions)  # a resume skips the id check
+    other = parse_spec(job(str(table), str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"])],
+                           input={"path": str(table), "id_column": "prompt"}))
+    assert not log.ids_checked(other, first.rows, first.sizes, first.versions)  # another id column
     pq.write_table(pa.table({"id": [f"r{i}" for i in reversed(range(8))], "prompt": ["p"] * 8}), table,
                    compression="none")
     os.utime(table, ns=(10**18, 10**18))  # another version, whatever the clock's resolution
@@ -232,3 +242,5 @@ def test_a_rewritten_input_turns_the_fast_resume_off_for_good(tiny, tmp_path):
     assert rewritten.sizes == first.sizes and rewritten.versions != first.versions
     assert log.shards(spec, rewritten.rows, rewritten.sizes, rewritten.versions)[1] is False
     assert log.shards(spec, first.rows, first.sizes, first.versions)[1] is False
+    assert not log.ids_checked(spec, rewritten.rows, rewritten.sizes, rewritten.versions)
+    assert not log.ids_checked(spec, first.rows, first.sizes, first.versions)

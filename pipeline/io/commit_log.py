@@ -393,6 +393,8 @@ class CommitLog:
                          "uses, and a fingerprint of the input it read (files, row counts, sizes)",
                 "shard_rows": shard_rows, "requested": spec.output.shard_rows,
                 "input": None if legacy else fingerprint,
+                # preflight found this input's ids unique (the check ran before this record)
+                "unique_ids_checked": spec.input.id_column,
             })
             return shard_rows, not legacy
         if spec.output.shard_rows is not None and spec.output.shard_rows != recorded.get("requested"):
@@ -407,6 +409,21 @@ class CommitLog:
             if recorded.get("input") is not None:
                 self._write_json("shards.json", {**recorded, "input": None, "input_changed": _utc(time.time())})
         return int(recorded["shard_rows"]), same
+
+    def ids_checked(self, spec: JobSpec, rows: dict[str, int], sizes: dict[str, int],
+                    versions: dict[str, str]) -> bool:
+        """Whether an earlier run into this output found the ids of this very input unique
+        (shards.json holds its fingerprint and id column, recorded after preflight's check;
+        a changed input clears the fingerprint for good), so a resume need not read every
+        id again: at 10^8 rows the check is most of a resume's start. False when unsure (no
+        record, or the output cannot be read now: check_output will say why)."""
+        try:
+            recorded = self._read_json("shards.json")
+        except Exception:
+            return False
+        return bool(recorded and spec.input.id_column and recorded.get("input") is not None
+                    and recorded.get("unique_ids_checked") == spec.input.id_column
+                    and recorded.get("input") == _input_fingerprint(rows, sizes, versions))
 
     @_output_io
     def committed_shards(self, retry_failed: bool = False) -> "CommittedShards":
