@@ -124,7 +124,7 @@ def run_job(spec: JobSpec, retry_failed: bool = False, allow_model_change: bool 
                 logger.info("removed %d temporary files that killed writers left in %s", swept, spec.output.path)
             resume = _resume(log, spec, columns, retry_failed)
             # Shard files a killed run wrote but never committed (after a retry's uncommit too).
-            log.sweep_orphan_shards(spec.output.layout, spec.output.lease_timeout_s - spec.output.lease_renew_s)
+            log.sweep_orphan_shards(spec.output.layout, spec.output.lease_timeout_s)
             # 3. Nothing left to do: the job's outcome, without Ray or any actor.
             if resume.nothing_left:
                 logger.info("nothing left to do: every input row is committed in %s", spec.output.path)

@@ -108,7 +108,7 @@ def test_a_shard_file_a_killed_run_never_committed_is_removed_once_the_input_cha
     tars = sorted((out / "shards").glob("*.tar"))
     committed = {path: path.read_bytes() for path in tars[:2]}
     metadata[2].unlink()  # as a kill leaves it: shard 2's tar written, its metadata never
-    old = time.time() - 3600
+    old = time.time() - 2 * 3600  # past commit_log.orphan_quiet_s: no retried write is that late
     os.utime(tars[2], (old, old))
     young = out / "shards" / f"shard-000000007-{'0' * 20}.tar"  # a writer may be about to commit it
     young.write_bytes(b"being written")
@@ -132,7 +132,8 @@ def test_a_shard_file_a_killed_run_never_committed_is_removed_once_the_input_cha
         row["id"] for row in rows if row["status"] == "ok") and len(samples) == ROWS + 1
 
 
-def test_the_orphan_sweep_lists_s3_and_keeps_what_metadata_names_or_a_writer_may_commit(s3):
+def test_the_orphan_sweep_lists_s3_and_keeps_what_metadata_names_or_a_writer_may_commit(s3, monkeypatch):
+    from pipeline.io import commit_log
     from pipeline.io.commit_log import CommitLog
 
     bucket, options, fs = s3
@@ -141,9 +142,11 @@ def test_the_orphan_sweep_lists_s3_and_keeps_what_metadata_names_or_a_writer_may
         fs.pipe_file(path, b"shard")
     fs.pipe_file(f"{bucket}/out/metadata/shard-000000001-{'1' * 20}-r4-f0.parquet", b"commits shard 1")
     log = CommitLog(f"{bucket}/out", options)
-    assert log.sweep_orphan_shards("parquet", quiet_s=3600) == 0  # written just now: a writer may commit it
-    assert log.sweep_orphan_shards("webdataset", quiet_s=-60) == 0  # another layout's folder: nothing there
-    assert log.sweep_orphan_shards("parquet", quiet_s=-60) == 1  # (-60: any age counts as quiet)
+    assert commit_log.orphan_quiet_s(300) == 3600 and commit_log.orphan_quiet_s(3600) == 4 * 3600
+    assert log.sweep_orphan_shards("parquet", lease_timeout_s=300) == 0  # written just now: a writer may commit it
+    monkeypatch.setattr(commit_log, "orphan_quiet_s", lambda timeout: -60)  # any age counts as quiet
+    assert log.sweep_orphan_shards("webdataset", lease_timeout_s=300) == 0  # another layout's folder: nothing there
+    assert log.sweep_orphan_shards("parquet", lease_timeout_s=300) == 1
     fs.invalidate_cache()
     assert sorted(fs.find(f"{bucket}/out/data")) == sorted([committed[5:], f"{bucket[5:]}/out/data/notes.parquet"])
 

@@ -112,6 +112,11 @@ def _modified(info: dict[str, Any]) -> float | None:
     return modified.timestamp() if isinstance(modified, datetime) else None
 
 
+def orphan_quiet_s(lease_timeout_s: float) -> float:
+    """How old an uncommitted shard file must be before a run removes it."""
+    return max(3600.0, 4 * lease_timeout_s)
+
+
 @dataclass
 class CommittedShards:
     """What a listing of metadata/ says is committed: rows per shard number, no row ids."""
@@ -450,27 +455,29 @@ class CommitLog:
         return found
 
     @_output_io
-    def sweep_orphan_shards(self, layout: str, quiet_s: float) -> int:
+    def sweep_orphan_shards(self, layout: str, lease_timeout_s: float) -> int:
         """Remove the shard files (tar or Parquet) that no committed metadata file names, that
-        is those a killed writer wrote before its commit, and that were last written over
-        `quiet_s` seconds ago; return how many. Call it only under the output's lease.
+        is those a killed writer wrote before its commit, and that were last written long
+        ago (orphan_quiet_s); return how many. Call it only under the output's lease.
 
         A file is named by the metadata file of the same stem (shard number and row-id hash,
         as both are named by shard_stem), so two listings tell, and no file is read. The
         shard files are listed before the metadata: a file committed before the second
         listing is kept. Under the lease no writer of this run is running yet; a writer of an
-        earlier run could still be (its driver paused past the lease, not killed), and one
-        that wrote its file and then stalled longer than quiet_s before committing it would
-        lose the file: quiet_s is the lease's timeout less its renewal period, the silence
-        after which a driver that could not renew stands down, and after which a killed
-        run's lease goes stale, so every file a killed run left is past it when the next run
-        takes the lease over. Younger uncommitted files are left to a later run: a rerun of
-        the same shard writes the same name anyway."""
+        earlier run could still be: a driver that could not renew its lease stands down at
+        its next shard, but its write tasks already under way go on, and one whose metadata
+        write is retried after its shard file's would commit a removed file. So only files
+        older than an hour (or four lease timeouts) go, an age no retried write reaches,
+        measured on the store's clock (the lease file this run just wrote), not this
+        machine's. Orphans cost only bytes; younger ones are left to a later run, and a
+        rerun of the same shard writes the same name anyway."""
         from pipeline.io.layouts import FOLDERS, SUFFIXES
+        from pipeline.io.lease import FOLDER as LEASE_FOLDER
 
         if layout not in FOLDERS:
             return 0
         fs, root = self._fs()
+        fs.invalidate_cache(root)  # a listing cached before this run's lease would miss commits
         folder = storage.join(root, FOLDERS[layout])
         pattern = re.compile(rf"^(shard-\d{{9,}}-[0-9a-f]{{20}}){re.escape(SUFFIXES[layout])}$")
         if not fs.exists(folder):
@@ -485,7 +492,12 @@ class CommitLog:
             match = _SHARD_FILE.match(os.path.basename(file))
             if match:
                 committed.add(f"shard-{match[1]}-{match[2]}")
-        now, removed, young = time.time(), 0, 0
+        lease_folder = storage.join(root, LEASE_FOLDER)
+        stamps = [_modified(info) for info in fs.find(lease_folder, detail=True).values()] \
+            if fs.exists(lease_folder) else []
+        stamps = [stamp for stamp in stamps if stamp is not None]
+        quiet_s = orphan_quiet_s(lease_timeout_s)
+        now, removed, young = max(stamps) if stamps else time.time(), 0, 0
         for path, (stem, modified) in sorted(shard_files.items()):
             if stem in committed:
                 continue
