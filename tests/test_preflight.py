@@ -81,7 +81,8 @@ def test_ids_are_checked_across_files_as_rows_carry_them_and_empty_files_are_ski
 def test_hidden_files_and_an_output_inside_the_input_folder_are_not_input(tmp_path):
     from pipeline.io.reader import input_files
 
-    for name in ["a.parquet", "sub/b.parquet", ".c.parquet", "_temporary/0/d.parquet", "out/metadata/part-1.parquet"]:
+    for name in ["a.parquet", "sub/b.parquet", ".c.parquet", "_temporary/0/d.parquet", "out/metadata/part-1.parquet",
+                 "out/data/shard-000000000-0.parquet"]:  # the parquet layout's shards: not input either
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         write_table(tmp_path / name, {"prompt": ["x"]})
     listed = input_files(str(tmp_path), {}, output=str(tmp_path / "out"))[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,9 +22,9 @@ class InputError(SpecError):
 
 def input_files(path: str, storage_options: dict[str, Any], output: str | None = None) -> tuple[Any, list[str]]:
     """(filesystem, Parquet files) for a file, a folder of Parquet files, or a glob. A
-    folder or glob leaves out the metadata files of `output` (the job's output.path): an
-    output kept inside the input's folder holds Parquet files with a prompt column, which
-    a rerun would read as input rows."""
+    folder or glob leaves out the Parquet files `output` (the job's output.path) holds:
+    its metadata and its parquet layout's shards. An output kept inside the input's folder
+    holds Parquet files with a prompt column, which a rerun would read as input rows."""
     fs, inner = storage.filesystem(path, storage_options)
     try:
         if any(char in inner for char in _GLOB_CHARS):
@@ -38,8 +39,11 @@ def input_files(path: str, storage_options: dict[str, Any], output: str | None =
     except Exception as error:  # permissions, unknown bucket, unreachable endpoint
         raise InputError(f"input.path: cannot list {path}: {type(error).__name__}: {error}") from None
     if output and _scheme(output) == _scheme(path):
-        metadata = storage.filesystem(output, storage_options)[1].rstrip("/") + "/metadata/"
-        files = [file for file in files if not file.startswith(metadata)]
+        from pipeline.io.layouts import FOLDERS
+
+        root = storage.filesystem(output, storage_options)[1].rstrip("/")
+        written = tuple(f"{root}/{folder}/" for folder in ("metadata", *FOLDERS.values()))
+        files = [file for file in files if not file.startswith(written)]
     if not files:
         raise InputError(f"input.path: no Parquet files at {path}")
     return fs, sorted(files)
@@ -281,67 +285,98 @@ def read_if_small(spec: JobSpec, columns: list[str], schema=None):
 # row group at a time, and a group holds a shard's rows only with the others': pyarrow's
 # default group is 10^6 rows, a thousand shards. Each shard is read by its own task (one
 # block per shard, pipeline/processor.py), so without this each of those tasks would read
-# the whole group again, a cost quadratic in the group's size (on this machine 71 s of
-# CPU per 10^6 one-group rows against 0.07 s). Shards are handed to the pool of task
+# the whole group again, a cost quadratic in the group's size (on this machine 142 s of
+# CPU per 10^6 one-group rows against 1.0 s). Shards are handed to the pool of task
 # processes in order, so a process reads a group about once while it works through the
-# group's shards: a group is read at most once per process, a cost that grows with the
-# table, not with its square. Keyed by the file's version (ETag, mtime), so a file
-# rewritten between two jobs of one driver is read again. The most recent group is kept
-# whatever its size; older ones while all stay within GROUP_CACHE_BYTES.
-GROUP_CACHE_BYTES = 512 * 2**20
+# group's shards: a cost that grows with the table, not with its square. A group is
+# kept only if it holds at most GROUP_CACHE_BYTES (the columns read), and the groups kept
+# by a process stay within that too: a table of embedded images in large groups is read
+# again per shard rather than held by every task process. Entries are keyed by the
+# file's identity as the task finds it (S3's ETag, a hash of the content; a local file's
+# mtime, ctime, inode and size, which no rewrite keeps), so a file rewritten between two
+# jobs of one driver is read anew.
+GROUP_CACHE_BYTES = 256 * 2**20
 _groups: "OrderedDict[tuple, Any]" = OrderedDict()
 _footers: "OrderedDict[tuple, Any]" = OrderedDict()
+_lock = threading.Lock()
 
 
 def _remember(cache: OrderedDict, key: tuple, value, size: int, limit: int) -> None:
-    cache[key] = (value, size)
-    cache.move_to_end(key)
-    total = sum(entry[1] for entry in cache.values())
-    while len(cache) > 1 and total > limit:
-        total -= cache.popitem(last=False)[1][1]
+    if size > limit:
+        return
+    with _lock:
+        cache[key] = (value, size)
+        cache.move_to_end(key)
+        total = sum(entry[1] for entry in cache.values())
+        while total > limit:
+            total -= cache.popitem(last=False)[1][1]
+
+
+def _recall(cache: OrderedDict, key: tuple):
+    with _lock:
+        entry = cache.get(key)
+    return None if entry is None else entry[0]
+
+
+def _identity(fs, file: str, version: str | None) -> str | None:
+    """What a file's cached footer and row groups are keyed by, or None (not cached): the
+    plan's version for an object store (S3's ETag), the file's stat for a local file (its
+    mtime alone survives `cp -p`, `rsync -t` and `touch -r`)."""
+    if not version:
+        return None
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        stat = os.stat(file)
+        return f"{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}:{stat.st_size}"
+    return version
 
 
 def _rows_of(fs, file: str, version: str | None, start: int, stop: int, columns: list[str]):
     """Rows [start, stop) of `file`, the columns of `columns` it has, from the row groups
-    that hold them (cached by version when it is known)."""
+    that hold them (cached when the file's version is known)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    identity = _identity(fs, file, version)
     handle = parquet = None
     try:
-        footer = _footers.get((file, version)) if version else None
+        footer = _recall(_footers, (file, identity)) if identity else None
         if footer is None:
             handle = fs.open(file, "rb")
             parquet = pq.ParquetFile(handle)
-            footer = (parquet.metadata, parquet.schema_arrow.names)
-            if version:
-                _remember(_footers, (file, version), footer, 1, 64)
-        else:
-            footer = footer[0]
-        metadata, names = footer
-        present = tuple(name for name in columns if name in names)
-        parts, first, offset = [], None, 0
+            footer = (parquet.metadata, parquet.schema_arrow)
+            if identity:
+                _remember(_footers, (file, identity), footer, 1, 64)
+        metadata, schema = footer
+        present = tuple(name for name in columns if name in schema.names)
+        parts, first, offset = [], start, 0
         for index in range(metadata.num_row_groups):
             size = metadata.row_group(index).num_rows
             if offset < stop and offset + size > start:
-                first = offset if first is None else first
-                key = (file, version, index, present)
-                cached = _groups.get(key) if version else None
-                if cached is None:
+                first = offset if not parts else first
+                key = (file, identity, index, present)
+                table = _recall(_groups, key) if identity else None
+                if table is None:
                     if parquet is None:
                         handle = fs.open(file, "rb")
                         parquet = pq.ParquetFile(handle)
                     table = parquet.read_row_group(index, columns=list(present))
-                    if version:
+                    if identity:
                         _remember(_groups, key, table, table.nbytes, GROUP_CACHE_BYTES)
-                else:
-                    table = cached[0]
                 parts.append(table)
             offset += size
-        return pa.concat_tables(parts).slice(start - first, stop - start)
+        if parts:
+            table = pa.concat_tables(parts).slice(start - first, stop - start)
+        else:  # an empty piece, or a file that lost its rows (below)
+            table = pa.schema([schema.field(name) for name in present]).empty_table()
     finally:
         if handle is not None:
             handle.close()
+    if table.num_rows != max(0, stop - start):
+        raise InputError(f"input.path: {file} holds {offset} rows, not the {stop} or more it held when the job "
+                         "started: it changed during the run; run the job again")
+    return table
 
 
 def read_rows(fs, pieces: list[tuple[str, int, int]], columns: list[str], schema,
@@ -356,6 +391,8 @@ def read_rows(fs, pieces: list[tuple[str, int, int]], columns: list[str], schema
     for file, start, stop in pieces:
         try:
             table = _rows_of(fs, file, (versions or {}).get(file), start, stop, columns)
+        except InputError:
+            raise
         except Exception as error:
             raise unreadable(file, error) from None
         try:
