@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, create_model, model_validator
 
-from pipeline.io.shards import SHARD_IMAGE_BYTES, image_pixels, max_shard_rows
+from pipeline.io.shards import SHARD_IMAGE_BYTES, chain_pixels, max_shard_rows
 from pipeline.params import ROW_PARAMS
 from pipeline.stages import STAGES, Replicas, StageSpec
 from pipeline.storage import merge_options
@@ -256,12 +256,13 @@ class JobSpec(Strict):
                 )
         limit = max_shard_rows(self.stages)
         if self.output.shard_rows and self.output.shard_rows > limit:
-            largest = max(range(len(self.stages)), key=lambda index: image_pixels(self.stages[index]))
+            pixels = chain_pixels(self.stages)
+            largest = max(range(len(self.stages)), key=lambda index: pixels[index])
             raise FieldError(
                 "output.shard_rows",
-                f"{self.output.shard_rows} rows of stages.{largest}'s images (about {image_pixels(self.stages[largest]):,} "
-                f"pixels each, 3 bytes a pixel; 1024x1024 where the size is left to the model or the input, 16x that "
-                f"for an upscale) would hold over {SHARD_IMAGE_BYTES // 2**20} MiB in one shard, which travels as one "
+                f"{self.output.shard_rows} rows of stages.{largest}'s images (about {pixels[largest]:,} pixels each, "
+                f"3 bytes a pixel; 1024x1024 where the size is left to the model or the input, 16x its input's for "
+                f"an upscale) would hold over {SHARD_IMAGE_BYTES // 2**20} MiB in one shard, which travels as one "
                 f"Ray object between stages: the largest allowed is {limit}. Lower it, or leave it out for the default",
             )
         for index, stage in enumerate(self.stages[1:], start=1):

@@ -8,7 +8,7 @@ import pytest
 from conftest import job, read_metadata, stage
 
 from pipeline import storage
-from pipeline.io.reader import read_rows
+from pipeline.io.reader import InputError, read_rows
 from pipeline.io.shards import DEFAULT_SHARD_ROWS, MIN_SHARDS, ShardPlan, shard_size
 from pipeline.runner import run_job
 from pipeline.spec import SpecError, parse_spec
@@ -46,12 +46,16 @@ def test_a_shard_rows_whose_images_exceed_the_shard_bound_is_refused_naming_the_
     with pytest.raises(SpecError, match=rf"output.shard_rows: {largest + 1} rows of stages.0's .* the largest allowed "
                                         rf"is {largest}\."):
         spec(largest + 1)
-    # The same estimate as the default's: an upscale of an input of unknown size counts 16 x 1024 x 1024 pixels.
+    # The same estimate as the default's: an upscale makes 16x the pixels of what it gets,
+    # 64x64 from the stage before (a 256x256 image), or 1024x1024 from a table of images.
     chain = [stage("txt2img", tiny["txt2img"], width=64, height=64), stage("upscale", tiny["upscale"])]
-    assert max_shard_rows(parse_spec(job("in.parquet", "out", chain)).stages) == largest // 16 == 10
-    with pytest.raises(SpecError, match="output.shard_rows: 11 rows of stages.1's .* the largest allowed is 10"):
-        spec(11, *chain)
-    assert shard_size(parse_spec(job("in.parquet", "out", chain)), 10**8) == 10
+    assert max_shard_rows(parse_spec(job("in.parquet", "out", chain)).stages) == SHARD_IMAGE_BYTES // (3 * 256 * 256)
+    assert shard_size(parse_spec(job("in.parquet", "out", chain)), 10**8) == DEFAULT_SHARD_ROWS
+    alone = [stage("upscale", tiny["upscale"])]
+    assert max_shard_rows(parse_spec(job("in.parquet", "out", alone, input={"path": "in.parquet"})).stages) == \
+        largest // 16 == 10
+    with pytest.raises(SpecError, match="output.shard_rows: 11 rows of stages.0's .* the largest allowed is 10"):
+        spec(11, *alone)
 
 
 def test_a_shard_spans_files_in_name_order_and_only_the_last_is_short():
@@ -106,10 +110,23 @@ def test_a_shards_read_keeps_its_row_group_for_the_next_shard_until_the_file_cha
     assert read_rows(counting, plan.pieces(3), ["prompt"], schema, plan.file_versions()).column(0).to_pylist() == [
         f"q{i}" for i in range(30, 40)]
     assert len(reads) == 2
+    # Rewritten again with its mtime put back (as `cp -p` or `rsync -t` do) and the same
+    # version in the plan: the file's stat still tells.
+    stat = os.stat(path)
+    pq.write_table(pa.table({"prompt": [f"r{i}" for i in range(100)]}), path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert read_rows(counting, plan.pieces(3), ["prompt"], schema, plan.file_versions()).column(0).to_pylist() == [
+        f"r{i}" for i in range(30, 40)]
+    assert len(reads) == 3
     # Without a version nothing is kept.
     read_rows(counting, plan.pieces(3), ["prompt"], schema)
     read_rows(counting, plan.pieces(4), ["prompt"], schema)
-    assert len(reads) == 4
+    assert len(reads) == 5
+    # A file that lost rows since the plan was made is named, not read short.
+    pq.write_table(pa.table({"prompt": [f"s{i}" for i in range(35)]}), path)
+    with pytest.raises(InputError, match="holds 35 rows, not the 40 or more .* changed during the run"):
+        read_rows(counting, plan.pieces(3), ["prompt"], schema, plan.file_versions())
+    assert read_rows(counting, [(str(path), 5, 5)], ["prompt"], schema).num_rows == 0  # an empty piece
     assert reader.GROUP_CACHE_BYTES >= 2**20
 
 

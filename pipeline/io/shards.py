@@ -25,18 +25,31 @@ _UNKNOWN_PIXELS = 1024 * 1024
 _UPSCALE_FACTOR = 16
 
 
-def image_pixels(stage) -> int:
-    """The pixels of an image a stage makes, as far as the spec tells: its width x height, or
-    _UNKNOWN_PIXELS when the model or the input decides; an upscaler's output is 16x its input."""
-    width, height = getattr(stage, "width", None), getattr(stage, "height", None)
-    pixels = width * height if width and height else _UNKNOWN_PIXELS
-    return pixels * _UPSCALE_FACTOR if stage.kind == "upscale" else pixels
+def chain_pixels(stages) -> list[int]:
+    """The pixels of an image each stage makes, as far as the spec tells: its width x height;
+    without them, an upscaler's output is 16x what the stage before it made, an img2img or
+    inpaint stage keeps its input's size, and the first stage's images (or its input's)
+    count as _UNKNOWN_PIXELS (the model or the table decides)."""
+    pixels, previous = [], None
+    for stage in stages:
+        width, height = getattr(stage, "width", None), getattr(stage, "height", None)
+        if stage.kind == "upscale":
+            made = (previous or _UNKNOWN_PIXELS) * _UPSCALE_FACTOR
+        elif width and height:
+            made = width * height
+        elif stage.kind != "txt2img" and previous:
+            made = previous
+        else:
+            made = _UNKNOWN_PIXELS
+        pixels.append(made)
+        previous = made
+    return pixels
 
 
 def max_shard_rows(stages) -> int:
     """The most rows a shard of these stages may hold: its largest stage's images (RGB, a
     byte a channel) stay within SHARD_IMAGE_BYTES. Bounds output.shard_rows and the default."""
-    return max(1, SHARD_IMAGE_BYTES // (3 * max(image_pixels(stage) for stage in stages)))
+    return max(1, SHARD_IMAGE_BYTES // (3 * max(chain_pixels(stages))))
 
 
 def shard_size(spec, total_rows: int) -> int:
