@@ -91,6 +91,12 @@ def test_hidden_files_and_an_output_inside_the_input_folder_are_not_input(tmp_pa
     # a file named outright, or a glob that names hidden files, is taken as asked
     assert input_files(str(tmp_path / "a.parquet"), {}, output=str(tmp_path))[1] == [str(tmp_path / "a.parquet")]
     assert input_files(str(tmp_path / ".c*.parquet"), {})[1] == [str(tmp_path / ".c.parquet")]
+    # The output named through a symlink to the input's folder is still the output.
+    (tmp_path / "link").symlink_to(tmp_path / "sub")
+    (tmp_path / "sub" / "out" / "data").mkdir(parents=True)
+    write_table(tmp_path / "sub" / "out" / "data" / "shard-000000000-0.parquet", {"prompt": ["x"]})
+    listed = input_files(str(tmp_path / "sub"), {}, output=str(tmp_path / "link" / "out"))[1]
+    assert [file[len(str(tmp_path)) + 1:] for file in listed] == ["sub/b.parquet"]
 
 
 def test_override_columns_can_be_renamed_or_turned_off(tmp_path):

@@ -232,8 +232,8 @@ def test_duplicate_ids_are_found_across_hash_partitions(monkeypatch):
 
 
 def test_a_rewritten_input_turns_the_fast_resume_off_for_good(tiny, tmp_path):
-    """A file rewritten with its rows in another order may keep its size; its version (mtime,
-    ETag) tells. Once the input changed, shard numbers committed since name that input's
+    """A file rewritten with its rows in another order may keep its size, and its mtime; its
+    version (ETag, or a local file's mtime, ctime and inode) tells. Once the input changed, shard numbers committed since name that input's
     shards, so the first input coming back does not turn the listing-based resume on again."""
     import os
 
@@ -252,12 +252,30 @@ def test_a_rewritten_input_turns_the_fast_resume_off_for_good(tiny, tmp_path):
     other = parse_spec(job(str(table), str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"])],
                            input={"path": str(table), "id_column": "prompt"}))
     assert not log.ids_checked(other, first.rows, first.sizes, first.versions)  # another id column
+    stat = os.stat(table)
     pq.write_table(pa.table({"id": [f"r{i}" for i in reversed(range(8))], "prompt": ["p"] * 8}), table,
                    compression="none")
-    os.utime(table, ns=(10**18, 10**18))  # another version, whatever the clock's resolution
+    os.utime(table, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # its mtime put back, as `touch -r` or `cp -p` do
     rewritten = preflight.check_input(spec)
     assert rewritten.sizes == first.sizes and rewritten.versions != first.versions
     assert log.shards(spec, rewritten.rows, rewritten.sizes, rewritten.versions)[1] is False
     assert log.shards(spec, first.rows, first.sizes, first.versions)[1] is False
     assert not log.ids_checked(spec, rewritten.rows, rewritten.sizes, rewritten.versions)
     assert not log.ids_checked(spec, first.rows, first.sizes, first.versions)
+
+
+def test_a_lost_shards_json_keeps_the_committed_shard_size_and_resumes_by_ids(tiny, tmp_path):
+    from pipeline import preflight
+    from pipeline.io.commit_log import CommitLog
+
+    table = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"prompt": [f"p{i}" for i in range(8)]}), table)
+    spec = parse_spec(job(str(table), str(tmp_path / "out"), [stage("txt2img", tiny["txt2img"], batch_size=2)]))
+    metadata = tmp_path / "out" / "metadata"
+    metadata.mkdir(parents=True)
+    for name in (f"shard-000000000-{'a' * 20}-r3-f0.parquet", f"shard-000000002-{'b' * 20}-r2-f1.parquet"):
+        (metadata / name).write_bytes(b"committed")  # as a run of 3-row shards left them
+    columns = preflight.check_input(spec)
+    # Not the largest batch (2), as for an output written before shards: its committed shards' size.
+    assert CommitLog.of(spec).shards(spec, columns.rows, columns.sizes, columns.versions) == (3, False)
+    assert json.loads((tmp_path / "out" / "shards.json").read_text())["shard_rows"] == 3

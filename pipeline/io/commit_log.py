@@ -391,8 +391,17 @@ class CommitLog:
         fingerprint = _input_fingerprint(rows, sizes, versions or {})
         recorded = self._read_json("shards.json")
         if recorded is None:
-            legacy = bool(self.metadata_files())
+            files = self.metadata_files()
+            legacy = bool(files)
             shard_rows = max(stage.batch_size for stage in spec.stages) if legacy else shard_size(spec, sum(rows.values()))
+            committed = [int(match[3]) for match in map(_SHARD_FILE.match, map(os.path.basename, files)) if match]
+            if committed:
+                # Shards were committed, and shards.json was lost (removed by hand): their size
+                # is the spec's, or the largest a committed shard holds (every shard but the
+                # last is whole). Whether the input is the same is unknown: resume by ids.
+                shard_rows = spec.output.shard_rows or max(committed)
+                logger.warning("%s has committed shards but no shards.json: taking shards of %d rows and resuming "
+                               "by row ids", self.path, shard_rows)
             self._write_json("shards.json", {
                 "about": "the shard size (rows committed together) of this output's first run, which every resume "
                          "uses, and a fingerprint of the input it read (files, row counts, sizes)",

@@ -42,8 +42,12 @@ def input_files(path: str, storage_options: dict[str, Any], output: str | None =
         from pipeline.io.layouts import FOLDERS
 
         root = storage.filesystem(output, storage_options)[1].rstrip("/")
-        written = tuple(f"{root}/{folder}/" for folder in ("metadata", *FOLDERS.values()))
+        folders = ("metadata", *FOLDERS.values())
+        written = tuple(f"{root}/{folder}/" for folder in folders)
         files = [file for file in files if not file.startswith(written)]
+        if not storage.is_remote(path):  # an output reached through a symlink into the input's folder
+            real = tuple(f"{os.path.realpath(root)}/{folder}/" for folder in folders)
+            files = [file for file in files if not os.path.realpath(file).startswith(real)]
     if not files:
         raise InputError(f"input.path: no Parquet files at {path}")
     return fs, sorted(files)
@@ -103,6 +107,17 @@ class InputShape:
         return next((file for file, names in self.files.items() if column not in names), None)
 
 
+def file_version(info: dict) -> str:
+    """A listed file's version: S3's ETag (a hash of its content), or a local file's mtime,
+    ctime and inode. The mtime alone survives a rewrite by `cp -p`, `rsync -t` or `touch -r`;
+    the ctime does not (setting the mtime sets it), so a same-size rewrite is a new version."""
+    if info.get("ETag"):
+        return str(info["ETag"])
+    if info.get("mtime") is None:
+        return ""
+    return f"{info['mtime']}:{info.get('created', '')}:{info.get('ino', '')}"
+
+
 def plain_types(schema):
     """Dictionary-encoded columns (pandas categories) as their value type: a file written
     with one next to a file with plain strings is the same column."""
@@ -131,7 +146,7 @@ def input_shape(spec: JobSpec) -> InputShape:
         try:
             info = fs.info(file)
             sizes[file] = int(info.get("size") or 0)
-            versions[file] = str(info.get("ETag") or info.get("mtime") or "")
+            versions[file] = file_version(info)
             if sizes[file] == 0:
                 return None
             with fs.open(file, "rb") as handle:
