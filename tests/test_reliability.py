@@ -96,14 +96,9 @@ def test_driver_sigkill_then_rerun_commits_each_row_once_with_clean_bytes(ray_cl
     assert (again.rows_ok, again.rows_skipped) == (0, ROWS)  # nothing left to do
 
 
-def test_a_sigkilled_webdataset_job_resumes_with_the_bytes_of_a_clean_run(ray_cluster, tiny, tmp_path, clean_run):
-    import hashlib
-    import tarfile
-
-    table, clean_rows = clean_run
-    out = tmp_path / "out"
-    raw = slow_job(table, out, tiny)
-    raw["output"]["layout"] = "webdataset"
+def sigkill_mid_run_then_resume(ray_cluster, tmp_path, raw: dict, out) -> list[dict]:
+    """Run the job as `synth run` in a subprocess, SIGKILL its driver after its first commit,
+    rerun it in-process, and return the output's metadata rows."""
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     driver = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(tmp_path / "job.yaml")], env=env,
@@ -118,7 +113,18 @@ def test_a_sigkilled_webdataset_job_resumes_with_the_bytes_of_a_clean_run(ray_cl
 
     summary = run_job(parse_spec(raw), wait_for_lease_s=60)
     assert summary.rows_skipped + summary.rows_ok == ROWS and summary.rows_skipped >= 2
-    rows = read_metadata(str(out))
+    return read_metadata(str(out))
+
+
+def test_a_sigkilled_webdataset_job_resumes_with_the_bytes_of_a_clean_run(ray_cluster, tiny, tmp_path, clean_run):
+    import hashlib
+    import tarfile
+
+    table, clean_rows = clean_run
+    out = tmp_path / "out"
+    raw = slow_job(table, out, tiny)
+    raw["output"]["layout"] = "webdataset"
+    rows = sigkill_mid_run_then_resume(ray_cluster, tmp_path, raw, out)
     assert [row["id"] for row in rows] == [row["id"] for row in clean_rows]  # each row once
     images = {}
     for shard in (out / "shards").glob("*.tar"):
@@ -160,21 +166,7 @@ def test_a_sigkilled_parquet_job_resumes_with_the_files_of_a_clean_run(ray_clust
     out = tmp_path / "out"
     raw = slow_job(table, out, tiny)
     raw["output"]["layout"] = "parquet"
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
-    driver = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(tmp_path / "job.yaml")], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while not metadata_files(out) and time.monotonic() < deadline and driver.poll() is None:
-        time.sleep(0.05)
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
-    assert 0 < len(metadata_files(out)) < ROWS // 2, "the kill should land mid-run"
-    time.sleep(2)
-
-    summary = run_job(parse_spec(raw), wait_for_lease_s=60)
-    assert summary.rows_skipped + summary.rows_ok == ROWS and summary.rows_skipped >= 2
-    rows = read_metadata(str(out))
+    rows = sigkill_mid_run_then_resume(ray_cluster, tmp_path, raw, out)
     assert [row["id"] for row in rows] == [row["id"] for row in clean_rows]  # each row once
     shard_rows = json.loads((out / "shards.json").read_text())["shard_rows"]
     written = {f"data/{path.name}": path.read_bytes() for path in (out / "data").glob("*.parquet")}
