@@ -170,11 +170,11 @@ def run_job(spec: JobSpec, retry_failed: bool = False, allow_model_change: bool 
 
 # The most shards one Ray dataset runs; a job with more runs them in windows of this many,
 # one dataset after another. Ray Data keeps state on the driver for each block of a
-# dataset: its metadata from the moment the dataset is built (about 5-7 KB per block, and
-# 60-80 s to build 10^5 of them on this machine) and its statistics once it ran (about
-# 30 KB), so one dataset for 10^8 rows (98k shards of 1,024) would need gigabytes of driver
-# memory and minutes before its first shard. Windows bound both, whatever the table.
-# Each window's stage pools start anew and load their models again, and the last shards
+# dataset from the moment the dataset is built (about 5-7 KB per block, and 60-80 s to
+# build 10^5 of them on this machine), so one dataset for 10^8 rows (98k shards of 1,024)
+# would hold that much and wait minutes before its first shard; a window bounds both,
+# whatever the table. (The driver still grows some 13-17 KB per shard run, windows or not:
+# native memory, see benchmarks/README.md.) Each window's stage pools start anew and load their models again, and the last shards
 # of a window leave some actors idle: at 8,192 shards (8.4 M rows at 1,024 rows per
 # shard) both are small next to the window's work. Shard composition does not depend on
 # windows, so neither do the bytes.
