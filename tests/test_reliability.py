@@ -96,9 +96,14 @@ def test_driver_sigkill_then_rerun_commits_each_row_once_with_clean_bytes(ray_cl
     assert (again.rows_ok, again.rows_skipped) == (0, ROWS)  # nothing left to do
 
 
-def sigkill_mid_run_then_resume(ray_cluster, tmp_path, raw: dict, out) -> list[dict]:
-    """Run the job as `synth run` in a subprocess, SIGKILL its driver after its first commit,
-    rerun it in-process, and return the output's metadata rows."""
+def sigkill_mid_run_then_resume(ray_cluster, tiny, tmp_path, clean_run, layout: str):
+    """Run the slow job in `layout` as `synth run` in a subprocess, SIGKILL its driver after
+    its first commit, rerun it in-process; check each row is committed once, and return the
+    output folder and its metadata rows."""
+    table, clean_rows = clean_run
+    out = tmp_path / "out"
+    raw = slow_job(table, out, tiny)
+    raw["output"]["layout"] = layout
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     driver = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(tmp_path / "job.yaml")], env=env,
@@ -113,19 +118,17 @@ def sigkill_mid_run_then_resume(ray_cluster, tmp_path, raw: dict, out) -> list[d
 
     summary = run_job(parse_spec(raw), wait_for_lease_s=60)
     assert summary.rows_skipped + summary.rows_ok == ROWS and summary.rows_skipped >= 2
-    return read_metadata(str(out))
+    rows = read_metadata(str(out))
+    assert [row["id"] for row in rows] == [row["id"] for row in clean_rows]  # each row once
+    return out, rows
 
 
 def test_a_sigkilled_webdataset_job_resumes_with_the_bytes_of_a_clean_run(ray_cluster, tiny, tmp_path, clean_run):
     import hashlib
     import tarfile
 
-    table, clean_rows = clean_run
-    out = tmp_path / "out"
-    raw = slow_job(table, out, tiny)
-    raw["output"]["layout"] = "webdataset"
-    rows = sigkill_mid_run_then_resume(ray_cluster, tmp_path, raw, out)
-    assert [row["id"] for row in rows] == [row["id"] for row in clean_rows]  # each row once
+    clean_rows = clean_run[1]
+    out, rows = sigkill_mid_run_then_resume(ray_cluster, tiny, tmp_path, clean_run, "webdataset")
     images = {}
     for shard in (out / "shards").glob("*.tar"):
         with tarfile.open(shard) as tar:
@@ -162,12 +165,8 @@ def test_a_sigkilled_parquet_job_resumes_with_the_files_of_a_clean_run(ray_clust
 
     import datasets
 
-    table, clean_rows = clean_run
-    out = tmp_path / "out"
-    raw = slow_job(table, out, tiny)
-    raw["output"]["layout"] = "parquet"
-    rows = sigkill_mid_run_then_resume(ray_cluster, tmp_path, raw, out)
-    assert [row["id"] for row in rows] == [row["id"] for row in clean_rows]  # each row once
+    clean_rows = clean_run[1]
+    out, rows = sigkill_mid_run_then_resume(ray_cluster, tiny, tmp_path, clean_run, "parquet")
     shard_rows = json.loads((out / "shards.json").read_text())["shard_rows"]
     written = {f"data/{path.name}": path.read_bytes() for path in (out / "data").glob("*.parquet")}
     assert written == clean_parquet_shards(clean_rows, shard_rows)  # byte for byte, no file more or less
